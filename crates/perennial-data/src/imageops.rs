@@ -1,0 +1,164 @@
+//! Image transforms on plain `f32` buffers (row-major, one channel).
+
+/// Resizes a `h x w` image to `oh x ow` with an antialiased bilinear (triangle) filter.
+///
+/// When shrinking, the filter's support widens by the scale factor, so every source
+/// pixel contributes: this is PIL's `BILINEAR` and PyTorch's
+/// `F.interpolate(mode="bilinear", antialias=True, align_corners=False)`, which the
+/// Python peer benchmark uses to make its 28 x 28 Omniglot images.
+pub fn resize_bilinear_aa(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
+    assert_eq!(src.len(), h * w, "resize: buffer does not match {h}x{w}");
+    let cols = filter_weights(w, ow);
+    let rows = filter_weights(h, oh);
+    // Horizontal pass: h x ow.
+    let mut tmp = vec![0f32; h * ow];
+    for y in 0..h {
+        let line = &src[y * w..(y + 1) * w];
+        for (x, (start, ws)) in cols.iter().enumerate() {
+            let mut acc = 0f64;
+            for (k, &wt) in ws.iter().enumerate() {
+                acc += wt * line[start + k] as f64;
+            }
+            tmp[y * ow + x] = acc as f32;
+        }
+    }
+    // Vertical pass: oh x ow.
+    let mut out = vec![0f32; oh * ow];
+    for (y, (start, ws)) in rows.iter().enumerate() {
+        for x in 0..ow {
+            let mut acc = 0f64;
+            for (k, &wt) in ws.iter().enumerate() {
+                acc += wt * tmp[(start + k) * ow + x] as f64;
+            }
+            out[y * ow + x] = acc as f32;
+        }
+    }
+    out
+}
+
+/// For each output coordinate: the first input index and the normalised weights.
+fn filter_weights(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f64>)> {
+    let scale = n_in as f64 / n_out as f64;
+    let support = scale.max(1.0); // the triangle's half-width in input pixels
+    (0..n_out)
+        .map(|i| {
+            let center = (i as f64 + 0.5) * scale;
+            let lo = ((center - support + 0.5).floor().max(0.0)) as usize;
+            let hi = ((center + support + 0.5).floor() as usize).min(n_in);
+            let mut ws: Vec<f64> = (lo..hi)
+                .map(|j| {
+                    let d = (j as f64 + 0.5 - center) / support;
+                    (1.0 - d.abs()).max(0.0)
+                })
+                .collect();
+            let total: f64 = ws.iter().sum();
+            if total > 0.0 {
+                ws.iter_mut().for_each(|v| *v /= total);
+            }
+            (lo, ws)
+        })
+        .collect()
+}
+
+/// Rotates a square `s x s` image by `quarter_turns` x 90 degrees counter-clockwise
+/// (as `numpy.rot90` / `torch.rot90` on the last two axes), writing into `out`.
+pub fn rot90_into(src: &[f32], s: usize, quarter_turns: u8, out: &mut [f32]) {
+    debug_assert_eq!(src.len(), s * s);
+    debug_assert_eq!(out.len(), s * s);
+    match quarter_turns % 4 {
+        0 => out.copy_from_slice(src),
+        // out[i][j] = src[j][s-1-i]
+        1 => {
+            for i in 0..s {
+                for j in 0..s {
+                    out[i * s + j] = src[j * s + (s - 1 - i)];
+                }
+            }
+        }
+        // out[i][j] = src[s-1-i][s-1-j]
+        2 => {
+            for (o, v) in out.iter_mut().zip(src.iter().rev()) {
+                *o = *v;
+            }
+        }
+        // out[i][j] = src[s-1-j][i]
+        _ => {
+            for i in 0..s {
+                for j in 0..s {
+                    out[i * s + j] = src[(s - 1 - j) * s + i];
+                }
+            }
+        }
+    }
+}
+
+/// Converts 8-bit grey levels (255 = white paper) to ink intensities in `[0, 1]`
+/// (1.0 = full ink), the convention of every Omniglot tensor in Perennial.
+pub fn grey_to_ink(grey: &[u8]) -> Vec<f32> {
+    grey.iter().map(|&g| 1.0 - g as f32 / 255.0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_preserves_constants_and_mass() {
+        let src = vec![0.25f32; 105 * 105];
+        let out = resize_bilinear_aa(&src, 105, 105, 28, 28);
+        assert!(out.iter().all(|&v| (v - 0.25).abs() < 1e-6));
+        // A single bright pixel spreads but keeps its mean intensity (up to edges).
+        let mut src = vec![0f32; 100 * 100];
+        src[50 * 100 + 50] = 1.0;
+        let out = resize_bilinear_aa(&src, 100, 100, 25, 25);
+        let mass: f32 = out.iter().sum::<f32>() * 16.0;
+        assert!((mass - 1.0).abs() < 1e-4, "mass {mass}");
+    }
+
+    #[test]
+    fn resize_matches_pytorch_reference() {
+        // torch.nn.functional.interpolate(torch.arange(16.).reshape(1,1,4,4), size=(2,2),
+        //     mode="bilinear", antialias=True, align_corners=False)
+        // -> [[3.5714, 5.1429], [9.8571, 11.4286]]   (torch 2.13.0)
+        let src: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let out = resize_bilinear_aa(&src, 4, 4, 2, 2);
+        let want = [3.5714f32, 5.1429, 9.8571, 11.4286];
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-3, "{out:?}");
+        }
+        // Non-square, non-integer scale: torch.arange(35.).reshape(1,1,5,7)**1.5 -> (3, 2).
+        let src: Vec<f32> = (0..35).map(|v| (v as f32).powf(1.5)).collect();
+        let out = resize_bilinear_aa(&src, 5, 7, 3, 2);
+        let want = [
+            12.238815f32,
+            22.058676,
+            63.739887,
+            81.094604,
+            138.02814,
+            160.4965,
+        ];
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-3 * w.max(1.0), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn rot90_matches_numpy() {
+        // numpy.rot90([[0,1],[2,3]]) == [[1,3],[0,2]]
+        let src = [0f32, 1., 2., 3.];
+        let mut out = [0f32; 4];
+        rot90_into(&src, 2, 1, &mut out);
+        assert_eq!(out, [1., 3., 0., 2.]);
+        rot90_into(&src, 2, 2, &mut out);
+        assert_eq!(out, [3., 2., 1., 0.]);
+        rot90_into(&src, 2, 3, &mut out);
+        assert_eq!(out, [2., 0., 3., 1.]);
+        // Four quarter turns are the identity on a 3x3.
+        let src: Vec<f32> = (0..9).map(|v| v as f32).collect();
+        let mut a = vec![0f32; 9];
+        let mut b = vec![0f32; 9];
+        rot90_into(&src, 3, 1, &mut a);
+        rot90_into(&a, 3, 3, &mut b);
+        assert_eq!(b, src);
+    }
+}
