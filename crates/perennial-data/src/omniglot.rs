@@ -471,7 +471,9 @@ impl Builder {
     /// Adds PNG files given as (relative path, bytes) pairs in canonical layout.
     fn add_png_files(&mut self, source: &Path, mut files: Vec<(String, Vec<u8>)>) -> Result<()> {
         files.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut found: BTreeMap<u32, (String, u32, Vec<(u32, u32)>)> = BTreeMap::new();
+        // id -> (alphabet, number within alphabet, [(drawer, image index)])
+        type Found = BTreeMap<u32, (String, u32, Vec<(u32, u32)>)>;
+        let mut found: Found = BTreeMap::new();
         for (name, bytes) in &files {
             let parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty()).collect();
             if parts.len() < 3 {

@@ -1,1 +1,23 @@
-//! x
+//! Perennial: lifelong learning built on meta-learning, on libtorch (via `tch`).
+//!
+//! * [`nn`]: functional backbones (Conv4, MLP) whose `forward` takes an explicit
+//!   parameter set, so optimisation-based meta-learners can run the same network on
+//!   adapted parameters without copying modules; distances.
+//! * [`meta`]: the [`meta::MetaLearner`] / [`meta::Adapted`] vocabulary shared by every
+//!   algorithm, and the algorithms themselves ([`meta::metric::ProtoNet`]).
+//! * [`optim`]: Adam with a step schedule whose state is checkpointable.
+//! * [`eval`]: few-shot evaluation (mean accuracy and 95% confidence interval).
+//! * [`checkpoint`]: run directories, safetensors checkpoints, resume.
+//! * [`train`]: the episodic training loop with validation and best-checkpoint keeping.
+
+pub mod checkpoint;
+pub mod error;
+pub mod eval;
+pub mod meta;
+pub mod nn;
+pub mod optim;
+pub mod tensors;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use perennial_data as data;

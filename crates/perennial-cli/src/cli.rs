@@ -1,0 +1,207 @@
+//! Command-line flags, parsed raw; `commands` resolves them into settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Perennial: lifelong learning built on meta-learning.
+#[derive(Debug, Parser)]
+#[command(name = "perennial", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors; no progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// libtorch intra-op threads (default: libtorch's choice, one per core).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Meta-train a learner.
+    Train {
+        /// The algorithm.
+        #[command(subcommand)]
+        algorithm: TrainAlgorithm,
+    },
+    /// Evaluate a trained run on sampled test episodes.
+    Eval(EvalArgs),
+    /// Evaluate a trained run on episodes stored as image folders.
+    EvalEpisodes(EvalEpisodesArgs),
+    /// Download a data set's canonical archives (sha256-verified).
+    Download(DownloadArgs),
+    /// Benchmarks, one JSON line each (names match ../shared/peers/peer_bench.py).
+    Bench(BenchArgs),
+}
+
+/// The trainable algorithms.
+#[derive(Debug, Subcommand)]
+pub enum TrainAlgorithm {
+    /// Prototypical Networks (Snell et al. 2017).
+    Protonet(TrainArgs),
+}
+
+/// Where the data is.
+#[derive(Debug, Args, Clone)]
+pub struct DataArgs {
+    /// Data directory (default: $PERENNIAL_DATA, else ~/.cache/perennial/data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `train protonet` flags.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The data set.
+    #[arg(long, default_value = "omniglot")]
+    pub dataset: String,
+    /// Split scheme: vinyals (1028/172/423 characters) or lake (964 / 659).
+    #[arg(long, default_value = "vinyals")]
+    pub splits: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Classes per training episode (N).
+    #[arg(long, default_value_t = 5)]
+    pub ways: usize,
+    /// Support examples per class (K).
+    #[arg(long, default_value_t = 1)]
+    pub shots: usize,
+    /// Query examples per class.
+    #[arg(long, default_value_t = 15)]
+    pub queries: usize,
+    /// Training episodes.
+    #[arg(long, default_value_t = 10_000)]
+    pub episodes: u64,
+    /// Run directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of initialisation and sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Distance: euclidean (squared) or cosine.
+    #[arg(long, default_value = "euclidean")]
+    pub distance: String,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Multiply the learning rate by --lr-gamma every this many episodes (0 = never).
+    #[arg(long, default_value_t = 2000)]
+    pub lr_step: u64,
+    /// Learning-rate decay factor.
+    #[arg(long, default_value_t = 0.5)]
+    pub lr_gamma: f64,
+    /// Validate every this many episodes (0 = never).
+    #[arg(long, default_value_t = 500)]
+    pub val_every: u64,
+    /// Episodes per validation.
+    #[arg(long, default_value_t = 200)]
+    pub val_episodes: u64,
+    /// Classes per validation episode (default: 5).
+    #[arg(long, default_value_t = 5)]
+    pub val_ways: usize,
+    /// Support examples per class in validation (default: --shots).
+    #[arg(long)]
+    pub val_shots: Option<usize>,
+    /// Write a resumable checkpoint every this many episodes.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// Append a training-metrics line every this many episodes.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+    /// Continue the run in --out where it stopped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Device: cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// `eval` flags.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Classes per episode.
+    #[arg(long, default_value_t = 5)]
+    pub ways: usize,
+    /// Support examples per class.
+    #[arg(long, default_value_t = 1)]
+    pub shots: usize,
+    /// Query examples per class.
+    #[arg(long, default_value_t = 15)]
+    pub queries: usize,
+    /// Episodes.
+    #[arg(long, default_value_t = 1000)]
+    pub episodes: u64,
+    /// Split to evaluate on.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Seed of the evaluation episodes.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Data directory (default: the one the run was trained with).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Device: cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// `eval-episodes` flags.
+#[derive(Debug, Args)]
+pub struct EvalEpisodesArgs {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Folder of episodes: DIR/<episode>/{support,query}/<class>/<image>.
+    #[arg(long)]
+    pub episodes_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Device: cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// `download` flags.
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// What to download: omniglot or omniglot-small.
+    pub dataset: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Source: a base URL, a file:// URL or a local folder (default: the canonical one).
+    #[arg(long)]
+    pub from: Option<String>,
+}
+
+/// `bench` flags.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which family: protonet (protonet_5w1s15q, protonet_20w5s15q, data_5w1s15q, data_20w5s15q).
+    pub family: String,
+    /// Print JSON lines (the only format; kept for symmetry with the peer script).
+    #[arg(long)]
+    pub json: bool,
+    /// Run only this benchmark.
+    #[arg(long)]
+    pub bench: Option<String>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Internal: run one benchmark in this process.
+    #[arg(long, hide = true)]
+    pub child: bool,
+    /// Timed iterations (default: as in the peer script).
+    #[arg(long)]
+    pub iters: Option<usize>,
+}

@@ -1,0 +1,196 @@
+//! `perennial bench`: the same work as `../shared/peers/peer_bench.py`, under the same
+//! names, one JSON line per benchmark. Each benchmark runs in a fresh child process so
+//! its `peak_rss_mb` is its own.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use perennial::data::omniglot::{Split, SplitScheme};
+use perennial::data::{paths, EpisodeSampler, EpisodeSpec};
+use perennial::meta::metric::{ProtoNet, ProtoNetConfig};
+use perennial::meta::MetaLearner;
+use perennial::tensors::Task;
+use serde_json::json;
+use tch::Device;
+
+use crate::cli::BenchArgs;
+
+struct Bench {
+    name: &'static str,
+    spec: EpisodeSpec,
+    train: bool,
+    iters: usize,
+    warmup: usize,
+}
+
+const PROTONET: &[Bench] = &[
+    Bench {
+        name: "protonet_5w1s15q",
+        spec: EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 15,
+        },
+        train: true,
+        iters: 50,
+        warmup: 5,
+    },
+    Bench {
+        name: "protonet_20w5s15q",
+        spec: EpisodeSpec {
+            ways: 20,
+            shots: 5,
+            queries: 15,
+        },
+        train: true,
+        iters: 50,
+        warmup: 5,
+    },
+    Bench {
+        name: "data_5w1s15q",
+        spec: EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 15,
+        },
+        train: false,
+        iters: 200,
+        warmup: 10,
+    },
+    Bench {
+        name: "data_20w5s15q",
+        spec: EpisodeSpec {
+            ways: 20,
+            shots: 5,
+            queries: 15,
+        },
+        train: false,
+        iters: 200,
+        warmup: 10,
+    },
+];
+
+/// Runs the benchmarks of a family.
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let family = match a.family.as_str() {
+        "protonet" => PROTONET,
+        other => bail!("bench family {other:?}: known: protonet"),
+    };
+    let selected: Vec<&Bench> = match &a.bench {
+        Some(name) => {
+            let b = family.iter().find(|b| b.name == name).with_context(|| {
+                format!(
+                    "--bench {name}: known: {}",
+                    family.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            vec![b]
+        }
+        None => family.iter().collect(),
+    };
+    if a.child {
+        return run_one(selected[0], &a);
+    }
+    let exe = std::env::current_exe()?;
+    for b in selected {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["bench", &a.family, "--child", "--bench", b.name]);
+        if let Some(d) = &a.data.data_dir {
+            cmd.arg("--data-dir").arg(d);
+        }
+        if let Some(n) = a.iters {
+            cmd.args(["--iters", &n.to_string()]);
+        }
+        if let Ok(t) = std::env::var("PERENNIAL_BENCH_THREADS") {
+            cmd.args(["--threads", &t]);
+        }
+        let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
+        if !out.status.success() {
+            bail!("benchmark {} failed", b.name);
+        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(())
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
+    let data = paths::data_dir(a.data.data_dir.as_deref());
+    // The peer's setup: the Vinyals train split, 1028 characters x 4 rotations. Not timed.
+    let set = super::omniglot_split(&data, SplitScheme::Vinyals, Split::Train)?;
+    let rss_setup = peak_rss_mb();
+    let sampler = EpisodeSampler::new(set, b.spec, 0)?;
+    let iters = a.iters.unwrap_or(b.iters);
+    let device = Device::Cpu;
+    let mut times = Vec::with_capacity(iters);
+    let mut data_times = Vec::with_capacity(iters);
+    let mut learner = if b.train {
+        Some(ProtoNet::new(ProtoNetConfig::default(), 0, device)?)
+    } else {
+        None
+    };
+    let window = Instant::now();
+    for i in 0..(b.warmup + iters) {
+        let t0 = Instant::now();
+        let task = Task::from_episode(&sampler.sample(i as u64), device);
+        let t_data = t0.elapsed().as_secs_f64();
+        if let Some(l) = learner.as_mut() {
+            // Sampling, forward, backward, the Adam step and reading the loss, as timed by the peer.
+            let r = l.meta_step(std::slice::from_ref(&task));
+            std::hint::black_box(r.loss);
+        }
+        let t = t0.elapsed().as_secs_f64();
+        if i >= b.warmup {
+            times.push(t);
+            data_times.push(t_data);
+        }
+    }
+    let timed_window_s = window.elapsed().as_secs_f64();
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let med = median(&mut times);
+    let data_med = median(&mut data_times);
+    println!(
+        "{}",
+        json!({
+            "bench": b.name,
+            "impl": "perennial",
+            "per_sec": 1.0 / med,
+            "median_s": med,
+            "min_s": min,
+            "mean_s": mean,
+            "n": iters,
+            "warmup": b.warmup,
+            "peak_rss_mb": peak_rss_mb(),
+            "rss_after_setup_mb": rss_setup,
+            "data_median_s": if b.train { json!(data_med) } else { json!(null) },
+            "data_share": if b.train { json!(data_med / med) } else { json!(null) },
+            "threads": tch::get_num_threads(),
+            "timed_window_s": timed_window_s,
+            "config": { "ways": b.spec.ways, "shots": b.spec.shots, "queries": b.spec.queries, "lr": 1e-3, "distance": "squared-euclidean" },
+            "learner": learner.as_ref().map(|l| l.name()),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `perennial eval` and `perennial eval-episodes`.
+
+use anyhow::{bail, Context, Result};
+use perennial::checkpoint::RunDir;
+use perennial::data::omniglot::Split;
+use perennial::data::{folder, EpisodeSampler, EpisodeSpec};
+use perennial::eval::{evaluate, summarize, task_accuracy};
+use perennial::meta::MetaLearner;
+use perennial::tensors::{Batch, Task};
+use perennial::train::build_learner;
+use serde_json::json;
+
+use crate::cli::{EvalArgs, EvalEpisodesArgs};
+use crate::progress::bar;
+
+/// The stream of evaluation episodes (distinct from training and validation).
+const TEST_STREAM: u64 = 2;
+
+fn load_learner(
+    run: &RunDir,
+    device: tch::Device,
+) -> Result<(Box<dyn MetaLearner>, perennial::checkpoint::RunConfig)> {
+    let config = run.config()?;
+    let mut learner = build_learner(&config, device)?;
+    learner.load_model_state(&run.load_best()?)?;
+    Ok((learner, config))
+}
+
+/// Evaluates a run on sampled episodes.
+pub fn eval(a: EvalArgs, quiet: bool) -> Result<()> {
+    let device = super::device(&a.device)?;
+    let run = RunDir::open(&a.run_dir)?;
+    let split: Split = a.split.parse()?;
+    let (learner, config) = load_learner(&run, device)?;
+    let data = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.data.data_dir.clone());
+    let set = super::omniglot_split(&data, config.data.splits, split)?;
+    let spec = EpisodeSpec::new(a.ways, a.shots, a.queries);
+    let sampler = EpisodeSampler::new(set, spec, a.seed)?.with_stream(TEST_STREAM);
+    if a.episodes == 0 {
+        bail!("--episodes 0: evaluate at least one episode");
+    }
+    let pb = bar(a.episodes, "eval", quiet || a.json);
+    let mut sum = 0.0;
+    let s = evaluate(
+        learner.as_ref(),
+        sampler.prefetch(0, Some(a.episodes), 8),
+        device,
+        |i, acc| {
+            sum += acc;
+            pb.set_position(i as u64 + 1);
+            pb.set_message(format!("acc {:.2}%", 100.0 * sum / (i + 1) as f64));
+        },
+    );
+    pb.finish_and_clear();
+    if a.json {
+        println!(
+            "{}",
+            json!({ "accuracy": s.accuracy, "ci95": s.ci95, "episodes": s.episodes })
+        );
+    } else {
+        println!(
+            "{}-way {}-shot, {} split, {} episodes: accuracy {:.2}% ± {:.2}% (95% CI)",
+            a.ways,
+            a.shots,
+            split.name(),
+            s.episodes,
+            100.0 * s.accuracy,
+            100.0 * s.ci95
+        );
+    }
+    Ok(())
+}
+
+/// One user-supplied episode folder, read into a task.
+fn read_episode(dir: &std::path::Path, size: usize, device: tch::Device) -> Result<(Task, usize)> {
+    let support = folder::load_labelled(&dir.join("support"), size)
+        .with_context(|| format!("episode {}", dir.display()))?;
+    let query = folder::load_labelled(&dir.join("query"), size)
+        .with_context(|| format!("episode {}", dir.display()))?;
+    if support.classes.len() < 2 {
+        bail!(
+            "episode {}: support has {} class(es); an episode needs at least 2",
+            dir.display(),
+            support.classes.len()
+        );
+    }
+    let mut query_labels = Vec::with_capacity(query.labels.len());
+    for &l in &query.labels {
+        let name = &query.classes[l];
+        let Some(s) = support.classes.iter().position(|c| c == name) else {
+            bail!(
+                "episode {}: query class {name:?} has no support examples",
+                dir.display()
+            );
+        };
+        query_labels.push(s as i64);
+    }
+    let ways = support.classes.len();
+    let support_labels: Vec<i64> = support.labels.iter().map(|&l| l as i64).collect();
+    let task = Task {
+        support: Batch::from_pixels(&support.images, &support_labels, size, size, ways, device),
+        query: Batch::from_pixels(&query.images, &query_labels, size, size, ways, device),
+    };
+    Ok((task, ways))
+}
+
+/// Evaluates a run on episodes stored as folders.
+pub fn eval_episodes(a: EvalEpisodesArgs, quiet: bool) -> Result<()> {
+    let device = super::device(&a.device)?;
+    let run = RunDir::open(&a.run_dir)?;
+    let (learner, config) = load_learner(&run, device)?;
+    let size = match &config.protonet.backbone {
+        perennial::nn::BackboneConfig::Conv4 { image_size, .. } => *image_size,
+        perennial::nn::BackboneConfig::Mlp { sizes } => (sizes[0] as f64).sqrt() as usize,
+    };
+    let dirs = folder::subdirs(&a.episodes_dir).map_err(anyhow::Error::from)?;
+    if dirs.is_empty() {
+        bail!(
+            "{}: no episode folders (expected DIR/<episode>/support/<class>/<image>)",
+            a.episodes_dir.display()
+        );
+    }
+    let pb = bar(dirs.len() as u64, "eval", quiet || a.json);
+    let mut rows = Vec::new();
+    let mut accs = Vec::new();
+    for d in &dirs {
+        let (task, ways) = read_episode(d, size, device)?;
+        let acc = task_accuracy(learner.as_ref(), &task);
+        let name = d
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        rows.push(
+            json!({ "episode": name, "accuracy": acc, "ways": ways, "queries": task.query.len() }),
+        );
+        accs.push(acc);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let s = summarize(&accs);
+    if a.json {
+        println!(
+            "{}",
+            json!({ "accuracy": s.accuracy, "ci95": s.ci95, "episodes": s.episodes, "per_episode": rows })
+        );
+    } else {
+        for r in &rows {
+            println!(
+                "{}: {:.2}% ({}-way, {} queries)",
+                r["episode"].as_str().unwrap_or(""),
+                100.0 * r["accuracy"].as_f64().unwrap_or(0.0),
+                r["ways"],
+                r["queries"]
+            );
+        }
+        println!(
+            "mean over {} episodes: {:.2}% ± {:.2}% (95% CI)",
+            s.episodes,
+            100.0 * s.accuracy,
+            100.0 * s.ci95
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! The commands: each resolves its flags into library settings and runs.
+
+mod bench;
+mod download;
+mod eval;
+mod train;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
+use perennial::data::{paths, ClassSet};
+use tch::Device;
+
+use crate::cli::{Cli, Command, TrainAlgorithm};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Train {
+            algorithm: TrainAlgorithm::Protonet(a),
+        } => train::protonet(a, quiet),
+        Command::Eval(a) => eval::eval(a, quiet),
+        Command::EvalEpisodes(a) => eval::eval_episodes(a, quiet),
+        Command::Download(a) => download::download(a, quiet),
+        Command::Bench(a) => bench::bench(a),
+    }
+}
+
+/// Parses `--device`.
+pub fn device(spec: &str) -> Result<Device> {
+    let cuda = |i: usize| {
+        if !tch::Cuda::is_available() {
+            bail!("--device {spec}: CUDA is not available (this libtorch has no CUDA, or there is no GPU)");
+        }
+        if i >= tch::Cuda::device_count() as usize {
+            bail!(
+                "--device {spec}: only {} CUDA device(s)",
+                tch::Cuda::device_count()
+            );
+        }
+        Ok(Device::Cuda(i))
+    };
+    match spec {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(i) => cuda(i),
+            None => bail!("--device {spec}: expected cpu, cuda, cuda:N or auto"),
+        },
+    }
+}
+
+/// Loads Omniglot from `data` and returns the classes of `split`.
+pub fn omniglot_split(data: &Path, scheme: SplitScheme, split: Split) -> Result<Arc<ClassSet>> {
+    let t = std::time::Instant::now();
+    let o = Omniglot::load(data)?;
+    let set = o.split(scheme, split, &paths::splits_dir(data))?;
+    tracing::debug!(
+        split = split.name(),
+        classes = set.classes.len(),
+        secs = t.elapsed().as_secs_f64(),
+        "loaded Omniglot"
+    );
+    Ok(Arc::new(set))
+}
+
+/// Loads several splits with one read of the data.
+pub fn omniglot_splits(
+    data: &Path,
+    scheme: SplitScheme,
+    splits: &[Split],
+) -> Result<Vec<Arc<ClassSet>>> {
+    let o = Omniglot::load(data)
+        .with_context(|| format!("loading Omniglot from {}", data.display()))?;
+    splits
+        .iter()
+        .map(|&s| Ok(Arc::new(o.split(scheme, s, &paths::splits_dir(data))?)))
+        .collect()
+}

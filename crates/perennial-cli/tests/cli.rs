@@ -1,0 +1,418 @@
+//! The `perennial` binary end to end: training, kill and resume, evaluation, user
+//! episodes, download, and every bad-input path (one line on stderr, exit status 2).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_perennial"));
+    c.arg("-q");
+    c
+}
+
+fn shared_data() -> Option<PathBuf> {
+    let p = std::env::var_os("PERENNIAL_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    if p.join("omniglot").is_dir() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIP: no shared data at {} (set PERENNIAL_TEST_DATA)",
+            p.display()
+        );
+        None
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("running perennial")
+}
+
+/// Asserts a clean failure: exit status 2 and exactly one line on stderr containing
+/// every `needle`, with no panic or backtrace.
+fn assert_fails(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit 2, got {:?}; stderr: {err}",
+        out.status
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "panic: {err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{n:?} not in: {err}");
+    }
+}
+
+fn train_cmd(data: &Path, out: &Path, episodes: u64) -> Command {
+    train_cmd_val(data, out, episodes, 20)
+}
+
+fn train_cmd_val(data: &Path, out: &Path, episodes: u64, val_every: u64) -> Command {
+    let mut c = bin();
+    c.args([
+        "train",
+        "protonet",
+        "--ways",
+        "5",
+        "--shots",
+        "1",
+        "--queries",
+        "5",
+    ])
+    .args([
+        "--episodes",
+        &episodes.to_string(),
+        "--checkpoint-every",
+        "5",
+        "--log-every",
+        "5",
+    ])
+    .args([
+        "--val-every",
+        &val_every.to_string(),
+        "--val-episodes",
+        "5",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    ])
+    .arg("--data-dir")
+    .arg(data)
+    .arg("--out")
+    .arg(out);
+    c
+}
+
+fn checkpoint_tensors(run: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    // Compare the raw safetensors payloads by name via tch.
+    tch::Tensor::read_safetensors(run.join("checkpoint.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| {
+            let v: Vec<f32> = t
+                .to_kind(tch::Kind::Float)
+                .flatten(0, -1)
+                .try_into()
+                .unwrap();
+            (n, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn killed_run_resumes_on_the_same_episode_sequence() {
+    let Some(data) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let killed = dir.path().join("killed");
+    assert!(run(&mut train_cmd(&data, &straight, 40)).status.success());
+
+    let mut child = train_cmd(&data, &killed, 40).spawn().unwrap();
+    // Wait for the first checkpoint, then SIGKILL.
+    let t = Instant::now();
+    loop {
+        let state = std::fs::read_to_string(killed.join("state.json")).unwrap_or_default();
+        let next = serde_json::from_str::<serde_json::Value>(&state)
+            .ok()
+            .and_then(|v| v["next_episode"].as_u64())
+            .unwrap_or(0);
+        if next >= 5 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "no checkpoint after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(killed.join("state.json")).unwrap()).unwrap();
+    assert!(
+        state["next_episode"].as_u64().unwrap() < 40,
+        "the run finished before it was killed"
+    );
+
+    // Resuming without --resume is refused; with it, the run completes.
+    assert_fails(
+        &run(&mut train_cmd(&data, &killed, 40)),
+        &["already holds a run", "--resume"],
+    );
+    let mut resume = bin();
+    resume
+        .args(["train", "protonet", "--resume", "--device", "cpu", "--out"])
+        .arg(&killed);
+    let out = run(&mut resume);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert_eq!(
+        checkpoint_tensors(&straight),
+        checkpoint_tensors(&killed),
+        "resumed run diverged"
+    );
+    let episodes = |p: &Path| -> Vec<u64> {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v.get("loss").is_some())
+            .map(|v| v["episode"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        episodes(&killed),
+        (1..=8).map(|i| i * 5).collect::<Vec<_>>()
+    );
+    assert_eq!(episodes(&straight), episodes(&killed));
+
+    // eval --json prints fractions in [0, 1].
+    let out = run(bin()
+        .args(["eval", "--episodes", "20", "--json", "--device", "cpu"])
+        .arg(&straight));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc) && acc > 0.3, "{v}");
+    assert!(v["ci95"].as_f64().unwrap() > 0.0 && v["ci95"].as_f64().unwrap() < 0.2);
+    assert_eq!(v["episodes"], 20);
+
+    // Impossible episodes are refused with the parameter named.
+    assert_fails(
+        &run(bin()
+            .args(["eval", "--ways", "5000", "--device", "cpu"])
+            .arg(&straight)),
+        &["5000-way", "test split", "1692 classes"],
+    );
+    assert_fails(
+        &run(bin()
+            .args([
+                "eval",
+                "--shots",
+                "10",
+                "--queries",
+                "15",
+                "--device",
+                "cpu",
+            ])
+            .arg(&straight)),
+        &["25 are needed", "has 20 examples"],
+    );
+    assert_fails(
+        &run(bin()
+            .args(["eval", "--split", "nope", "--device", "cpu"])
+            .arg(&straight)),
+        &["--split", "nope"],
+    );
+
+    // User-supplied episodes as image folders.
+    let eps = dir.path().join("episodes");
+    write_user_episodes(&data, &eps, 3);
+    let out = run(bin()
+        .args(["eval-episodes", "--json", "--device", "cpu"])
+        .arg(&straight)
+        .arg("--episodes-dir")
+        .arg(&eps));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["episodes"], 3);
+    assert_eq!(v["per_episode"].as_array().unwrap().len(), 3);
+    assert!(v["accuracy"].as_f64().unwrap() > 0.3, "{v}");
+    // A query class without support examples is reported.
+    std::fs::create_dir_all(eps.join("ep0/query/stranger")).unwrap();
+    std::fs::copy(
+        eps.join("ep0/query/a/0.png"),
+        eps.join("ep0/query/stranger/0.png"),
+    )
+    .unwrap();
+    assert_fails(
+        &run(bin()
+            .args(["eval-episodes", "--device", "cpu"])
+            .arg(&straight)
+            .arg("--episodes-dir")
+            .arg(&eps)),
+        &["\"stranger\"", "no support examples"],
+    );
+    // A corrupt image is reported by path.
+    std::fs::remove_dir_all(eps.join("ep0/query/stranger")).unwrap();
+    std::fs::write(eps.join("ep1/support/b/0.png"), b"garbage").unwrap();
+    assert_fails(
+        &run(bin()
+            .args(["eval-episodes", "--device", "cpu"])
+            .arg(&straight)
+            .arg("--episodes-dir")
+            .arg(&eps)),
+        &["ep1/support/b/0.png", "cannot decode"],
+    );
+}
+
+/// Writes `n` 5-way episodes (3 support and 2 query images per class) as PNG files of
+/// a different size from Omniglot test characters, the way a user would bring them.
+fn write_user_episodes(data: &Path, root: &Path, n: usize) {
+    use perennial_data::omniglot::{Omniglot, Split, SplitScheme};
+    let o = Omniglot::load(data).unwrap();
+    let test = o
+        .split(
+            SplitScheme::Vinyals,
+            Split::Test,
+            &perennial_data::paths::splits_dir(data),
+        )
+        .unwrap();
+    for e in 0..n {
+        for (k, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            let class = &test.classes[e * 5 + k];
+            for (j, &img) in class.examples.iter().take(5).enumerate() {
+                let part = if j < 3 { "support" } else { "query" };
+                let d = root.join(format!("ep{e}/{part}/{name}"));
+                std::fs::create_dir_all(&d).unwrap();
+                let px: Vec<u8> = test
+                    .image(img)
+                    .iter()
+                    .map(|&v| ((1.0 - v) * 255.0).round() as u8)
+                    .collect();
+                let g = image::GrayImage::from_raw(28, 28, px).unwrap();
+                let big =
+                    image::imageops::resize(&g, 56, 56, image::imageops::FilterType::Triangle);
+                big.save(d.join(format!("{}.png", j % 3))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = dir.path().join("run");
+    // Missing data.
+    let o = run(bin()
+        .args([
+            "train",
+            "protonet",
+            "--episodes",
+            "2",
+            "--device",
+            "cpu",
+            "--data-dir",
+        ])
+        .arg(&empty)
+        .arg("--out")
+        .arg(&out));
+    assert_fails(&o, &["images_background", "perennial download omniglot"]);
+    // Bad flag values.
+    let o = run(bin()
+        .args(["train", "protonet", "--splits", "bogus", "--out"])
+        .arg(dir.path().join("r2")));
+    assert_fails(&o, &["--splits", "bogus"]);
+    let o = run(bin()
+        .args(["train", "protonet", "--ways", "1", "--out"])
+        .arg(dir.path().join("r3")));
+    assert_fails(&o, &["--ways 1"]);
+    let o = run(bin()
+        .args(["train", "protonet", "--lr=-1", "--out"])
+        .arg(dir.path().join("r4")));
+    assert_fails(&o, &["lr", "must be positive"]);
+    let o = run(bin()
+        .args(["train", "protonet", "--distance", "manhattan", "--out"])
+        .arg(dir.path().join("r5")));
+    assert_fails(&o, &["--distance", "manhattan"]);
+    // Runs that are not there or are corrupt.
+    assert_fails(
+        &run(bin().arg("eval").arg(dir.path().join("nope"))),
+        &["run directory not found"],
+    );
+    assert_fails(
+        &run(bin().arg("eval").arg(&empty)),
+        &["not a run directory"],
+    );
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("config.toml"), "algorithm = 3").unwrap();
+    assert_fails(
+        &run(bin().arg("eval").arg(&bad)),
+        &["config.toml", "corrupt config"],
+    );
+    // Unknown download and bench targets.
+    assert_fails(
+        &run(bin().args(["download", "imagenet"])),
+        &["imagenet", "omniglot"],
+    );
+    assert_fails(&run(bin().args(["bench", "nope"])), &["nope", "protonet"]);
+    // clap's own errors also exit 2.
+    assert_eq!(
+        run(bin().args(["train", "protonet", "--ways", "x", "--out", "y"]))
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn corrupt_checkpoint_is_reported() {
+    let Some(data) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("run");
+    let o = run(&mut train_cmd_val(&data, &r, 5, 0));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(r.join("best.safetensors"), b"not safetensors").unwrap();
+    assert_fails(
+        &run(bin()
+            .args(["eval", "--episodes", "2", "--device", "cpu"])
+            .arg(&r)),
+        &["best.safetensors", "not a readable safetensors checkpoint"],
+    );
+    std::fs::write(r.join("state.json"), b"{").unwrap();
+    let mut resume = bin();
+    resume
+        .args(["train", "protonet", "--resume", "--out"])
+        .arg(&r);
+    assert_fails(&run(&mut resume), &["state.json", "corrupt state"]);
+}
+
+#[test]
+fn download_from_a_local_mirror() {
+    let Some(data) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    std::fs::create_dir(&mirror).unwrap();
+    std::fs::copy(
+        data.join("omniglot/images_background_small1.zip"),
+        mirror.join("images_background_small1.zip"),
+    )
+    .unwrap();
+    let dest = dir.path().join("data");
+    // small2 is missing from the mirror: small1 lands verified, then a clear error.
+    let o = run(bin()
+        .args(["download", "omniglot-small", "--from"])
+        .arg(&mirror)
+        .arg("--data-dir")
+        .arg(&dest));
+    assert_fails(&o, &["images_background_small2.zip", "download of"]);
+    assert!(dest.join("omniglot/images_background_small1.zip").is_file());
+    assert!(!dest
+        .join("omniglot/images_background_small2.zip.partial")
+        .exists());
+}

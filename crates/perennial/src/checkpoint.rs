@@ -1,0 +1,261 @@
+//! Run directories: the resolved config, checkpoints, metrics, and the state needed to
+//! resume a killed run on the same episode sequence.
+//!
+//! ```text
+//! RUN_DIR/config.toml              resolved configuration (written once)
+//! RUN_DIR/state.json               next episode, best validation accuracy
+//! RUN_DIR/checkpoint.safetensors   everything to resume (parameters, buffers, Adam)
+//! RUN_DIR/best.safetensors         the model with the best validation accuracy
+//! RUN_DIR/metrics.jsonl            one JSON object per log or validation event
+//! ```
+//!
+//! The sampler is a pure function of `(seed, index)`, so "RNG and sampler state" is the
+//! next episode index. Every file is replaced atomically (write, then rename), and a
+//! checkpoint is written before the state that points past it, so a SIGKILL at any
+//! moment leaves a consistent run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use perennial_data::omniglot::SplitScheme;
+use perennial_data::EpisodeSpec;
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+use crate::meta::metric::ProtoNetConfig;
+use crate::nn::params::{load_named, save_named};
+
+/// Where training data comes from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataConfig {
+    /// The data set (`omniglot`).
+    pub dataset: String,
+    /// The data directory used.
+    pub data_dir: PathBuf,
+    /// The split scheme.
+    pub splits: SplitScheme,
+}
+
+/// The training schedule.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScheduleConfig {
+    /// Training episodes in all.
+    pub episodes: u64,
+    /// Validate every this many episodes (0 = never).
+    pub val_every: u64,
+    /// Validation episodes per validation.
+    pub val_episodes: u64,
+    /// Write a resumable checkpoint every this many episodes.
+    pub checkpoint_every: u64,
+    /// Append a training-metrics line every this many episodes.
+    pub log_every: u64,
+}
+
+impl ScheduleConfig {
+    /// Checks the values once, before use.
+    pub fn validate(&self) -> Result<()> {
+        if self.episodes == 0 {
+            return Err(Error::config("--episodes", 0, "must be at least 1"));
+        }
+        if self.checkpoint_every == 0 {
+            return Err(Error::config("--checkpoint-every", 0, "must be at least 1"));
+        }
+        if self.log_every == 0 {
+            return Err(Error::config("--log-every", 0, "must be at least 1"));
+        }
+        if self.val_every > 0 && self.val_episodes == 0 {
+            return Err(Error::config(
+                "--val-episodes",
+                0,
+                "must be at least 1 when validating",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Everything that defines a training run; written to `config.toml`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunConfig {
+    /// The algorithm (`protonet`).
+    pub algorithm: String,
+    /// The seed of initialisation and episode sampling.
+    pub seed: u64,
+    /// The data.
+    pub data: DataConfig,
+    /// Training episodes' shape.
+    pub train_episode: EpisodeSpec,
+    /// Validation episodes' shape.
+    pub val_episode: EpisodeSpec,
+    /// The schedule.
+    pub schedule: ScheduleConfig,
+    /// ProtoNet's settings.
+    pub protonet: ProtoNetConfig,
+}
+
+/// Progress of a run, in `state.json`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunState {
+    /// The index of the next training episode (= episodes done).
+    pub next_episode: u64,
+    /// The best validation accuracy so far.
+    pub best_val_accuracy: Option<f64>,
+    /// The episode count at which it was reached.
+    pub best_episode: Option<u64>,
+    /// Whether the schedule has finished.
+    pub finished: bool,
+}
+
+/// A run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// Creates a new run directory (it must not hold a run already) and writes `config`.
+    pub fn create(root: &Path, config: &RunConfig) -> Result<Self> {
+        if root.join("config.toml").exists() {
+            return Err(Error::run(
+                root,
+                "already holds a run; pass --resume to continue it, or choose another --out",
+            ));
+        }
+        std::fs::create_dir_all(root)
+            .map_err(|e| Error::run(root, format!("cannot create: {e}")))?;
+        let dir = RunDir {
+            root: root.to_path_buf(),
+        };
+        let text = toml::to_string_pretty(config).map_err(|e| Error::run(root, e.to_string()))?;
+        dir.write_atomic("config.toml", text.as_bytes())?;
+        dir.save_state(&RunState::default())?;
+        Ok(dir)
+    }
+
+    /// Opens an existing run directory.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            return Err(Error::run(root, "run directory not found"));
+        }
+        if !root.join("config.toml").is_file() {
+            return Err(Error::run(root, "not a run directory (no config.toml)"));
+        }
+        Ok(RunDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// Reads `config.toml`.
+    pub fn config(&self) -> Result<RunConfig> {
+        let p = self.root.join("config.toml");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::run(&p, e.to_string()))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::run(&p, format!("corrupt config: {}", e.message())))
+    }
+
+    /// Reads `state.json`.
+    pub fn state(&self) -> Result<RunState> {
+        let p = self.root.join("state.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::run(&p, e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| Error::run(&p, format!("corrupt state: {e}")))
+    }
+
+    /// Writes `state.json` atomically.
+    pub fn save_state(&self, state: &RunState) -> Result<()> {
+        let text = serde_json::to_string_pretty(state).expect("state serialises");
+        self.write_atomic("state.json", text.as_bytes())
+    }
+
+    /// The resumable checkpoint's path.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.root.join("checkpoint.safetensors")
+    }
+
+    /// The best model's path.
+    pub fn best_path(&self) -> PathBuf {
+        self.root.join("best.safetensors")
+    }
+
+    /// Writes named tensors to `checkpoint.safetensors`.
+    pub fn save_checkpoint(&self, named: &[(String, Tensor)]) -> Result<()> {
+        save_named(named, &self.checkpoint_path())
+    }
+
+    /// Writes named tensors to `best.safetensors`.
+    pub fn save_best(&self, named: &[(String, Tensor)]) -> Result<()> {
+        save_named(named, &self.best_path())
+    }
+
+    /// Reads `checkpoint.safetensors`.
+    pub fn load_checkpoint(&self) -> Result<Vec<(String, Tensor)>> {
+        load_named(&self.checkpoint_path())
+    }
+
+    /// Reads the model to evaluate: `best.safetensors`, else the last checkpoint.
+    pub fn load_best(&self) -> Result<Vec<(String, Tensor)>> {
+        if self.best_path().is_file() {
+            load_named(&self.best_path())
+        } else if self.checkpoint_path().is_file() {
+            load_named(&self.checkpoint_path())
+        } else {
+            Err(Error::run(
+                &self.root,
+                "holds no trained model yet (no best.safetensors or checkpoint.safetensors)",
+            ))
+        }
+    }
+
+    /// Appends one JSON line to `metrics.jsonl`.
+    pub fn append_metric(&self, value: &serde_json::Value) -> Result<()> {
+        let p = self.root.join("metrics.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| Error::run(&p, e.to_string()))?;
+        writeln!(f, "{value}").map_err(|e| Error::run(&p, e.to_string()))
+    }
+
+    /// Drops metric lines past `episode` (written after the last checkpoint by a run
+    /// that was then killed), so a resumed run does not log them twice.
+    pub fn truncate_metrics(&self, episode: u64) -> Result<()> {
+        let p = self.root.join("metrics.jsonl");
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            return Ok(());
+        };
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("episode").and_then(|e| e.as_u64()))
+                    .is_some_and(|e| e <= episode)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        self.write_atomic("metrics.jsonl", kept.as_bytes())
+    }
+
+    /// The metric lines written so far.
+    pub fn metrics(&self) -> Result<Vec<serde_json::Value>> {
+        let p = self.root.join("metrics.jsonl");
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l).map_err(|e| Error::run(&p, format!("corrupt line: {e}")))
+            })
+            .collect()
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let p = self.root.join(name);
+        let tmp = self.root.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes).map_err(|e| Error::run(&tmp, e.to_string()))?;
+        std::fs::rename(&tmp, &p).map_err(|e| Error::run(&p, e.to_string()))
+    }
+}

@@ -1,0 +1,168 @@
+//! Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017).
+//!
+//! Each class's prototype is the mean embedding of its support examples; a query is
+//! classified by a softmax over negative distances to the prototypes. Training
+//! minimises the query cross-entropy, one episode per update, with support and query
+//! embedded in one batch as in the paper's code.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::Result;
+use crate::meta::{Adapted, MetaLearner, StepReport};
+use crate::nn::{Backbone, BackboneConfig, Distance, ParamSet};
+use crate::optim::{Adam, AdamConfig};
+use crate::tensors::{accuracy, Batch, Task};
+
+/// ProtoNet's settings.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ProtoNetConfig {
+    /// The embedding network.
+    pub backbone: BackboneConfig,
+    /// The distance between embeddings.
+    pub distance: Distance,
+    /// The outer optimiser.
+    pub optimizer: AdamConfig,
+}
+
+/// A Prototypical Network: embedding parameters, batch-norm buffers and Adam.
+#[derive(Debug)]
+pub struct ProtoNet {
+    config: ProtoNetConfig,
+    backbone: Box<dyn Backbone>,
+    params: ParamSet,
+    buffers: ParamSet,
+    adam: Adam,
+}
+
+impl ProtoNet {
+    /// A freshly initialised network (deterministic for `seed`).
+    pub fn new(config: ProtoNetConfig, seed: u64, device: Device) -> Result<Self> {
+        config.optimizer.validate()?;
+        let backbone = config.backbone.build();
+        let (params, buffers) = backbone.init(seed, device);
+        let adam = Adam::new(config.optimizer.clone(), &params);
+        Ok(ProtoNet {
+            config,
+            backbone,
+            params,
+            buffers,
+            adam,
+        })
+    }
+
+    /// The meta-parameters.
+    pub fn params(&self) -> &ParamSet {
+        &self.params
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ProtoNetConfig {
+        &self.config
+    }
+
+    fn embed(&self, x: &Tensor, train: bool) -> Tensor {
+        self.backbone
+            .forward(&self.params, Some(&self.buffers), x, train)
+    }
+}
+
+/// Class means of `emb` (`[n, d]`) under labels `0..ways`.
+fn prototypes(emb: &Tensor, labels: &Tensor, ways: usize) -> Tensor {
+    let onehot = labels.one_hot(ways as i64).to_kind(emb.kind()); // [n, ways]
+    let counts = onehot.sum_dim_intlist(0, false, None::<Kind>).unsqueeze(1); // [ways, 1]
+    onehot.transpose(0, 1).matmul(emb) / counts
+}
+
+struct ProtoAdapted<'a> {
+    net: &'a ProtoNet,
+    protos: Tensor,
+}
+
+impl Adapted for ProtoAdapted<'_> {
+    fn predict(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            self.net
+                .config
+                .distance
+                .logits(&self.net.embed(x, false), &self.protos)
+        })
+    }
+}
+
+impl MetaLearner for ProtoNet {
+    fn name(&self) -> &'static str {
+        "protonet"
+    }
+
+    fn adapt<'a>(&'a self, support: &Batch) -> Box<dyn Adapted + 'a> {
+        let protos =
+            tch::no_grad(|| prototypes(&self.embed(&support.x, false), &support.y, support.ways));
+        Box::new(ProtoAdapted { net: self, protos })
+    }
+
+    fn meta_step(&mut self, tasks: &[Task]) -> StepReport {
+        let mut report = StepReport::default();
+        let mut total: Option<Tensor> = None;
+        for task in tasks {
+            let ns = task.support.len() as i64;
+            let x = Tensor::cat(&[&task.support.x, &task.query.x], 0);
+            let emb = self.embed(&x, true);
+            let protos = prototypes(&emb.narrow(0, 0, ns), &task.support.y, task.support.ways);
+            let logits = self
+                .config
+                .distance
+                .logits(&emb.narrow(0, ns, emb.size()[0] - ns), &protos);
+            let loss = logits.cross_entropy_for_logits(&task.query.y);
+            report.loss += loss.double_value(&[]);
+            report.accuracy += accuracy(&logits, &task.query.y);
+            total = Some(match total {
+                None => loss,
+                Some(t) => t + loss,
+            });
+        }
+        let n = tasks.len().max(1) as f64;
+        if let Some(t) = total {
+            (t / n).backward();
+            self.adam.step(&self.params);
+        }
+        report.loss /= n;
+        report.accuracy /= n;
+        report
+    }
+
+    fn training_state(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.model_state();
+        out.extend(self.adam.state("adam."));
+        out
+    }
+
+    fn load_training_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
+        self.load_model_state(named)?;
+        self.adam.load_state(named, "adam.")
+    }
+
+    fn model_state(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.params.named("params.");
+        out.extend(self.buffers.named("buffers."));
+        out
+    }
+
+    fn load_model_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
+        self.params.load_named(named, "params.")?;
+        self.buffers.load_named(named, "buffers.")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prototypes_are_class_means() {
+        let emb = Tensor::from_slice(&[1.0f32, 0.0, 3.0, 0.0, 0.0, 5.0]).view([3, 2]);
+        let y = Tensor::from_slice(&[0i64, 0, 1]);
+        let p: Vec<f32> = prototypes(&emb, &y, 2).flatten(0, -1).try_into().unwrap();
+        assert_eq!(p, vec![2.0, 0.0, 0.0, 5.0]);
+    }
+}

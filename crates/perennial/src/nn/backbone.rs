@@ -1,0 +1,305 @@
+use perennial_data::Rng;
+use tch::{Device, Kind, Tensor};
+
+use super::ParamSet;
+
+/// A functional network: it owns its shape, never its weights.
+pub trait Backbone: Send + Sync + std::fmt::Debug {
+    /// Fresh parameters and buffers, deterministic for `seed`.
+    fn init(&self, seed: u64, device: Device) -> (ParamSet, ParamSet);
+
+    /// Runs the network on `x` with `params`.
+    ///
+    /// Batch norm: with `train`, it normalises with the batch's statistics and, when
+    /// `buffers` are given, updates their running statistics; without `train` it uses
+    /// the running statistics in `buffers`, or the batch's if there are none.
+    fn forward(
+        &self,
+        params: &ParamSet,
+        buffers: Option<&ParamSet>,
+        x: &Tensor,
+        train: bool,
+    ) -> Tensor;
+
+    /// Width of the output.
+    fn out_dim(&self) -> usize;
+}
+
+/// Which backbone, with its shape: serialised into run configs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BackboneConfig {
+    /// [`Conv4`].
+    Conv4 {
+        /// Input channels.
+        in_channels: usize,
+        /// Channels of every block.
+        hidden: usize,
+        /// Input side in pixels (square).
+        image_size: usize,
+    },
+    /// [`Mlp`].
+    Mlp {
+        /// Layer widths, input first.
+        sizes: Vec<usize>,
+    },
+}
+
+impl Default for BackboneConfig {
+    fn default() -> Self {
+        BackboneConfig::Conv4 {
+            in_channels: 1,
+            hidden: 64,
+            image_size: 28,
+        }
+    }
+}
+
+impl BackboneConfig {
+    /// Builds the backbone.
+    pub fn build(&self) -> Box<dyn Backbone> {
+        match self {
+            BackboneConfig::Conv4 {
+                in_channels,
+                hidden,
+                image_size,
+            } => Box::new(Conv4 {
+                in_channels: *in_channels,
+                hidden: *hidden,
+                image_size: *image_size,
+            }),
+            BackboneConfig::Mlp { sizes } => Box::new(Mlp {
+                sizes: sizes.clone(),
+            }),
+        }
+    }
+}
+
+/// PyTorch's default initialisation for convolutions and linear layers
+/// (`kaiming_uniform(a = √5)`, i.e. U(−1/√fan_in, 1/√fan_in), and the same for biases),
+/// drawn from Perennial's own generator so it does not depend on libtorch's.
+fn uniform(rng: &mut Rng, shape: &[i64], bound: f64, device: Device) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+        .collect();
+    Tensor::from_slice(&v).view(shape).to_device(device)
+}
+
+/// Four blocks of [conv 3x3 → batch norm → ReLU → max-pool 2] (Vinyals et al. 2016;
+/// Snell et al. 2017). On 28 x 28 inputs with 64 channels the output is 64-d.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conv4 {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Channels of every block.
+    pub hidden: usize,
+    /// Input side in pixels.
+    pub image_size: usize,
+}
+
+impl Conv4 {
+    /// The standard Omniglot Conv4: 1 input channel, 64 channels, 28 x 28.
+    pub fn omniglot() -> Self {
+        Conv4 {
+            in_channels: 1,
+            hidden: 64,
+            image_size: 28,
+        }
+    }
+}
+
+impl Backbone for Conv4 {
+    fn init(&self, seed: u64, device: Device) -> (ParamSet, ParamSet) {
+        let mut rng = Rng::new(seed);
+        let mut p = ParamSet::new();
+        let mut b = ParamSet::new();
+        let h = self.hidden as i64;
+        for i in 0..4 {
+            let cin = if i == 0 { self.in_channels as i64 } else { h };
+            let bound = 1.0 / ((cin * 9) as f64).sqrt();
+            p.push(
+                format!("conv{i}.weight"),
+                uniform(&mut rng, &[h, cin, 3, 3], bound, device),
+            );
+            p.push(
+                format!("conv{i}.bias"),
+                uniform(&mut rng, &[h], bound, device),
+            );
+            p.push(
+                format!("bn{i}.weight"),
+                Tensor::ones([h], (Kind::Float, device)),
+            );
+            p.push(
+                format!("bn{i}.bias"),
+                Tensor::zeros([h], (Kind::Float, device)),
+            );
+            b.push(
+                format!("bn{i}.running_mean"),
+                Tensor::zeros([h], (Kind::Float, device)),
+            );
+            b.push(
+                format!("bn{i}.running_var"),
+                Tensor::ones([h], (Kind::Float, device)),
+            );
+        }
+        (p.requires_grad(), b)
+    }
+
+    fn forward(
+        &self,
+        params: &ParamSet,
+        buffers: Option<&ParamSet>,
+        x: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        let mut h = x.shallow_clone();
+        for i in 0..4 {
+            h = h.conv2d(
+                params.get(&format!("conv{i}.weight")),
+                Some(params.get(&format!("conv{i}.bias"))),
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                1,
+            );
+            let (rm, rv) = match buffers {
+                Some(b) => (
+                    Some(b.get(&format!("bn{i}.running_mean"))),
+                    Some(b.get(&format!("bn{i}.running_var"))),
+                ),
+                None => (None, None),
+            };
+            let use_batch = train || buffers.is_none();
+            h = h.batch_norm(
+                Some(params.get(&format!("bn{i}.weight"))),
+                Some(params.get(&format!("bn{i}.bias"))),
+                rm,
+                rv,
+                use_batch,
+                0.1,
+                1e-5,
+                true,
+            );
+            h = h.relu().max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+        }
+        h.flatten(1, -1)
+    }
+
+    fn out_dim(&self) -> usize {
+        let mut s = self.image_size;
+        for _ in 0..4 {
+            s /= 2;
+        }
+        self.hidden * s * s
+    }
+}
+
+/// A multi-layer perceptron with ReLU between layers (none after the last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mlp {
+    /// Layer widths, input first.
+    pub sizes: Vec<usize>,
+}
+
+impl Backbone for Mlp {
+    fn init(&self, seed: u64, device: Device) -> (ParamSet, ParamSet) {
+        let mut rng = Rng::new(seed);
+        let mut p = ParamSet::new();
+        for (i, w) in self.sizes.windows(2).enumerate() {
+            let bound = 1.0 / (w[0] as f64).sqrt();
+            p.push(
+                format!("fc{i}.weight"),
+                uniform(&mut rng, &[w[1] as i64, w[0] as i64], bound, device),
+            );
+            p.push(
+                format!("fc{i}.bias"),
+                uniform(&mut rng, &[w[1] as i64], bound, device),
+            );
+        }
+        (p.requires_grad(), ParamSet::new())
+    }
+
+    fn forward(
+        &self,
+        params: &ParamSet,
+        _buffers: Option<&ParamSet>,
+        x: &Tensor,
+        _train: bool,
+    ) -> Tensor {
+        let layers = self.sizes.len() - 1;
+        let mut h = x.flatten(1, -1);
+        for i in 0..layers {
+            h = h.linear(
+                params.get(&format!("fc{i}.weight")),
+                Some(params.get(&format!("fc{i}.bias"))),
+            );
+            if i + 1 < layers {
+                h = h.relu();
+            }
+        }
+        h
+    }
+
+    fn out_dim(&self) -> usize {
+        *self.sizes.last().unwrap_or(&0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv4_shapes_and_determinism() {
+        let net = Conv4::omniglot();
+        let (p, b) = net.init(1, Device::Cpu);
+        assert_eq!(p.len(), 16);
+        assert_eq!(b.len(), 8);
+        // 4 * (64*cin*9 + 64 + 128) with cin = 1, 64, 64, 64.
+        assert_eq!(p.numel(), 64 * 9 + 3 * 64 * 64 * 9 + 4 * 192);
+        let x = Tensor::rand([5, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let y = net.forward(&p, Some(&b), &x, true);
+        assert_eq!(y.size(), vec![5, 64]);
+        assert_eq!(net.out_dim(), 64);
+        // Train mode moved the running mean off zero.
+        assert!(
+            b.get("bn0.running_mean")
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[])
+                > 0.0
+        );
+        let (p2, _) = net.init(1, Device::Cpu);
+        assert!(p.get("conv2.weight").equal(p2.get("conv2.weight")));
+        let (p3, _) = net.init(2, Device::Cpu);
+        assert!(!p.get("conv2.weight").equal(p3.get("conv2.weight")));
+    }
+
+    #[test]
+    fn mlp_forward_and_safetensors_round_trip() {
+        let net = Mlp {
+            sizes: vec![4, 8, 3],
+        };
+        let (p, _) = net.init(3, Device::Cpu);
+        let x = Tensor::rand([2, 4], (Kind::Float, Device::Cpu));
+        let y = net.forward(&p, None, &x, false);
+        assert_eq!(y.size(), vec![2, 3]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mlp.safetensors");
+        p.save(&path).unwrap();
+        let (mut q, _) = net.init(4, Device::Cpu);
+        q.load_named(&super::super::params::load_named(&path).unwrap(), "")
+            .unwrap();
+        assert!(net.forward(&q, None, &x, false).equal(&y));
+        // Wrong shape is refused with the parameter's name.
+        let other = Mlp {
+            sizes: vec![4, 9, 3],
+        };
+        let (mut r, _) = other.init(0, Device::Cpu);
+        let err = r
+            .load_named(&super::super::params::load_named(&path).unwrap(), "")
+            .unwrap_err();
+        assert!(err.to_string().contains("fc0.weight"), "{err}");
+    }
+}

@@ -1,0 +1,13 @@
+//! Functional neural networks: explicit parameter sets, backbones, distances.
+//!
+//! A backbone never owns its weights. `forward(params, buffers, x, train)` runs it on
+//! whatever parameter set it is given, so MAML can evaluate θ' = θ − α∇L by building a
+//! new [`ParamSet`] of (differentiable) tensors instead of cloning modules.
+
+mod backbone;
+mod distance;
+pub(crate) mod params;
+
+pub use backbone::{Backbone, BackboneConfig, Conv4, Mlp};
+pub use distance::Distance;
+pub use params::ParamSet;

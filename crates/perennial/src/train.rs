@@ -1,0 +1,117 @@
+//! The episodic training loop: sample, meta-step, log, validate, checkpoint, resume.
+
+use std::time::Instant;
+
+use perennial_data::EpisodeSampler;
+use serde_json::json;
+use tch::Device;
+
+use crate::checkpoint::{RunConfig, RunDir, RunState, ScheduleConfig};
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, Summary};
+use crate::meta::metric::ProtoNet;
+use crate::meta::{MetaLearner, StepReport};
+use crate::tensors::Task;
+
+/// Builds the learner a run config describes, freshly initialised.
+pub fn build_learner(config: &RunConfig, device: Device) -> Result<Box<dyn MetaLearner>> {
+    match config.algorithm.as_str() {
+        "protonet" => Ok(Box::new(ProtoNet::new(
+            config.protonet.clone(),
+            config.seed,
+            device,
+        )?)),
+        other => Err(Error::config("algorithm", other, "known: protonet")),
+    }
+}
+
+/// Events of a training run, for progress bars and logs.
+pub trait Observer {
+    /// After every training episode (`done` episodes completed).
+    fn on_episode(&mut self, _done: u64, _report: &StepReport) {}
+    /// After every validation.
+    fn on_validation(&mut self, _done: u64, _summary: &Summary, _best: bool) {}
+    /// After every checkpoint.
+    fn on_checkpoint(&mut self, _done: u64) {}
+}
+
+/// An observer that does nothing.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// Trains `learner` in `run` from its saved state to the end of `schedule`.
+///
+/// Resuming is the same call on the same run directory: the learner is loaded from the
+/// last checkpoint (if any), metrics past it are dropped, and training continues at the
+/// saved episode index, so the episode sequence is the one an uninterrupted run sees.
+pub fn train(
+    learner: &mut dyn MetaLearner,
+    run: &RunDir,
+    schedule: &ScheduleConfig,
+    train_sampler: &EpisodeSampler,
+    val_sampler: Option<&EpisodeSampler>,
+    device: Device,
+    observer: &mut dyn Observer,
+) -> Result<RunState> {
+    schedule.validate()?;
+    let mut state = run.state()?;
+    if state.next_episode > 0 {
+        learner.load_training_state(&run.load_checkpoint()?)?;
+        tracing::info!(episode = state.next_episode, "resuming");
+    }
+    run.truncate_metrics(state.next_episode)?;
+    let start = Instant::now();
+    let (mut loss, mut acc, mut n) = (0.0, 0.0, 0u64);
+    let episodes = train_sampler.prefetch(state.next_episode, Some(schedule.episodes), 8);
+    for ep in episodes {
+        let task = Task::from_episode(&ep, device);
+        let report = learner.meta_step(std::slice::from_ref(&task));
+        let done = ep.index + 1;
+        (loss, acc, n) = (loss + report.loss, acc + report.accuracy, n + 1);
+        observer.on_episode(done, &report);
+        if done % schedule.log_every == 0 || done == schedule.episodes {
+            run.append_metric(&json!({
+                "episode": done,
+                "loss": loss / n as f64,
+                "accuracy": acc / n as f64,
+                "elapsed_s": start.elapsed().as_secs_f64(),
+            }))?;
+            (loss, acc, n) = (0.0, 0.0, 0);
+        }
+        let validate =
+            schedule.val_every > 0 && (done % schedule.val_every == 0 || done == schedule.episodes);
+        if let (true, Some(val)) = (validate, val_sampler) {
+            let s = evaluate(
+                &*learner,
+                (0..schedule.val_episodes).map(|i| val.sample(i)),
+                device,
+                |_, _| {},
+            );
+            let best = state.best_val_accuracy.is_none_or(|b| s.accuracy > b);
+            if best {
+                run.save_best(&learner.model_state())?;
+                state.best_val_accuracy = Some(s.accuracy);
+                state.best_episode = Some(done);
+            }
+            run.append_metric(&json!({
+                "episode": done,
+                "val_accuracy": s.accuracy,
+                "val_ci95": s.ci95,
+                "best": best,
+            }))?;
+            observer.on_validation(done, &s, best);
+        }
+        if done % schedule.checkpoint_every == 0 || done == schedule.episodes {
+            run.save_checkpoint(&learner.training_state())?;
+            state.next_episode = done;
+            state.finished = done == schedule.episodes;
+            run.save_state(&state)?;
+            observer.on_checkpoint(done);
+        }
+    }
+    if val_sampler.is_none() || schedule.val_every == 0 {
+        // No validation: the final model is the one to evaluate.
+        run.save_best(&learner.model_state())?;
+    }
+    Ok(state)
+}
