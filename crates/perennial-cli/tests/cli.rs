@@ -12,18 +12,7 @@ fn bin() -> Command {
 }
 
 fn shared_data() -> Option<PathBuf> {
-    let p = std::env::var_os("PERENNIAL_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if p.join("omniglot").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: no shared data at {} (set PERENNIAL_TEST_DATA)",
-            p.display()
-        );
-        None
-    }
+    perennial_data::paths::shared_test_data()
 }
 
 fn run(cmd: &mut Command) -> Output {

@@ -35,3 +35,21 @@ pub fn splits_dir(data: &Path) -> PathBuf {
         _ => direct,
     }
 }
+
+/// The shared data folder for tests and benchmarks: `$PERENNIAL_TEST_DATA`, else
+/// `../shared/data` beside the workspace. `None` (with a note on stderr) when it has no
+/// `omniglot/` folder, so data-dependent tests skip with a clear message.
+pub fn shared_test_data() -> Option<PathBuf> {
+    let p = std::env::var_os("PERENNIAL_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    if p.join("omniglot").is_dir() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIP: no shared data at {} (set PERENNIAL_TEST_DATA)",
+            p.display()
+        );
+        None
+    }
+}

@@ -14,18 +14,7 @@ use perennial::train::{build_learner, train, Silent};
 use tch::Device;
 
 fn shared_data() -> Option<PathBuf> {
-    let p = std::env::var_os("PERENNIAL_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if p.join("omniglot").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: no shared data at {} (set PERENNIAL_TEST_DATA)",
-            p.display()
-        );
-        None
-    }
+    perennial_data::paths::shared_test_data()
 }
 
 /// A small synthetic class set: each class is a fixed random 28x28 pattern plus noise.
