@@ -56,16 +56,7 @@ pub fn device(spec: &str) -> Result<Device> {
 
 /// Loads Omniglot from `data` and returns the classes of `split`.
 pub fn omniglot_split(data: &Path, scheme: SplitScheme, split: Split) -> Result<Arc<ClassSet>> {
-    let t = std::time::Instant::now();
-    let o = Omniglot::load(data)?;
-    let set = o.split(scheme, split, &paths::splits_dir(data))?;
-    tracing::debug!(
-        split = split.name(),
-        classes = set.classes.len(),
-        secs = t.elapsed().as_secs_f64(),
-        "loaded Omniglot"
-    );
-    Ok(Arc::new(set))
+    Ok(omniglot_splits(data, scheme, &[split])?.remove(0))
 }
 
 /// Loads several splits with one read of the data.
