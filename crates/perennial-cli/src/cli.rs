@@ -65,6 +65,10 @@ pub struct TrainArgs {
     /// Split scheme: vinyals (1028/172/423 characters) or lake (964 / 659).
     #[arg(long, default_value = "vinyals")]
     pub splits: String,
+    /// Classes to train on: train, or trainval (train and validation classes, no
+    /// validation; Snell et al.'s final protocol).
+    #[arg(long, default_value = "train")]
+    pub train_split: String,
     #[command(flatten)]
     pub data: DataArgs,
     /// Classes per training episode (N).

@@ -91,6 +91,9 @@ pub enum Split {
     Val,
     /// Held-out test classes.
     Test,
+    /// Training and validation classes together (final training without model
+    /// selection, as in Snell et al. 2017, who trained on 1200 characters).
+    TrainVal,
 }
 
 impl Split {
@@ -100,6 +103,7 @@ impl Split {
             Split::Train => "train",
             Split::Val => "val",
             Split::Test => "test",
+            Split::TrainVal => "trainval",
         }
     }
 }
@@ -111,7 +115,12 @@ impl std::str::FromStr for Split {
             "train" => Ok(Split::Train),
             "val" | "validation" => Ok(Split::Val),
             "test" => Ok(Split::Test),
-            _ => Err(Error::invalid("--split", s, "expected train, val or test")),
+            "trainval" => Ok(Split::TrainVal),
+            _ => Err(Error::invalid(
+                "--split",
+                s,
+                "expected train, val, test or trainval",
+            )),
         }
     }
 }
@@ -207,7 +216,7 @@ impl Omniglot {
         let (ids, rotate): (Vec<u32>, bool) = match scheme {
             SplitScheme::Vinyals => (self.vinyals_ids(split, splits_dir)?, true),
             SplitScheme::Lake => match split {
-                Split::Train => ((1..=BACKGROUND_CHARS as u32).collect(), true),
+                Split::Train | Split::TrainVal => ((1..=BACKGROUND_CHARS as u32).collect(), true),
                 Split::Val => (Vec::new(), false),
                 Split::Test => (
                     (BACKGROUND_CHARS as u32 + 1..=TOTAL_CHARS as u32).collect(),
@@ -251,6 +260,11 @@ impl Omniglot {
     }
 
     fn vinyals_ids(&self, split: Split, splits_dir: &Path) -> Result<Vec<u32>> {
+        if split == Split::TrainVal {
+            let mut ids = self.vinyals_ids(Split::Train, splits_dir)?;
+            ids.extend(self.vinyals_ids(Split::Val, splits_dir)?);
+            return Ok(ids);
+        }
         let file = splits_dir.join(format!("omniglot__{}.json", split.name()));
         let text = std::fs::read_to_string(&file).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::Missing {

@@ -69,6 +69,14 @@ fn omniglot_counts_checksums_and_splits() {
         let s = o.split(SplitScheme::Vinyals, split, &splits).unwrap();
         assert_eq!(s.classes.len(), chars * 4, "{split:?}");
     }
+    let trainval = o
+        .split(SplitScheme::Vinyals, Split::TrainVal, &splits)
+        .unwrap();
+    assert_eq!(
+        trainval.classes.len(),
+        1200 * 4,
+        "Snell et al.'s 1200 characters"
+    );
     assert_eq!(
         o.split(SplitScheme::Lake, Split::Train, &splits)
             .unwrap()

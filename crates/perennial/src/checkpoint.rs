@@ -17,7 +17,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use perennial_data::omniglot::SplitScheme;
+use perennial_data::omniglot::{Split, SplitScheme};
 use perennial_data::EpisodeSpec;
 use tch::Tensor;
 
@@ -34,6 +34,14 @@ pub struct DataConfig {
     pub data_dir: PathBuf,
     /// The split scheme.
     pub splits: SplitScheme,
+    /// The classes trained on: `train`, or `trainval` (train and validation classes,
+    /// with no validation).
+    #[serde(default = "default_train_split")]
+    pub train_split: Split,
+}
+
+fn default_train_split() -> Split {
+    Split::Train
 }
 
 /// The training schedule.

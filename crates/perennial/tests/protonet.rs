@@ -58,6 +58,7 @@ fn config(episodes: u64, checkpoint_every: u64) -> RunConfig {
             dataset: "synthetic".into(),
             data_dir: PathBuf::new(),
             splits: SplitScheme::Vinyals,
+            train_split: Split::Train,
         },
         train_episode: EpisodeSpec::new(5, 1, 3),
         val_episode: EpisodeSpec::new(5, 1, 3),

@@ -27,6 +27,13 @@ fn config_from_args(a: &TrainArgs) -> Result<RunConfig> {
         );
     }
     let splits: SplitScheme = a.splits.parse()?;
+    let train_split: Split = a.train_split.parse()?;
+    if !matches!(train_split, Split::Train | Split::TrainVal) {
+        bail!(
+            "--train-split {}: expected train or trainval",
+            a.train_split
+        );
+    }
     let distance: Distance = a.distance.parse()?;
     let data_dir = paths::data_dir(a.data.data_dir.as_deref());
     let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
@@ -37,12 +44,13 @@ fn config_from_args(a: &TrainArgs) -> Result<RunConfig> {
             dataset: a.dataset.clone(),
             data_dir,
             splits,
+            train_split,
         },
         train_episode: EpisodeSpec::new(a.ways, a.shots, a.queries),
         val_episode: EpisodeSpec::new(a.val_ways, a.val_shots.unwrap_or(a.shots), a.queries),
         schedule: ScheduleConfig {
             episodes: a.episodes,
-            val_every: if splits == SplitScheme::Lake {
+            val_every: if splits == SplitScheme::Lake || train_split == Split::TrainVal {
                 0
             } else {
                 a.val_every
@@ -137,9 +145,9 @@ pub fn protonet(a: TrainArgs, quiet: bool) -> Result<()> {
     }
     let want_val = config.schedule.val_every > 0;
     let splits = if want_val {
-        vec![Split::Train, Split::Val]
+        vec![config.data.train_split, Split::Val]
     } else {
-        vec![Split::Train]
+        vec![config.data.train_split]
     };
     let sets = super::omniglot_splits(&config.data.data_dir, config.data.splits, &splits)?;
     let train_sampler = EpisodeSampler::new(sets[0].clone(), config.train_episode, config.seed)?
