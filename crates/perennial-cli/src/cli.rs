@@ -35,6 +35,10 @@ pub enum Command {
     Eval(EvalArgs),
     /// Evaluate a trained run on episodes stored as image folders.
     EvalEpisodes(EvalEpisodesArgs),
+    /// Fine-tune a trained run on your own labelled images and save the adapted model.
+    Adapt(AdaptArgs),
+    /// Classify images with a model saved by `adapt`.
+    Predict(PredictArgs),
     /// Download a data set's canonical archives (sha256-verified).
     Download(DownloadArgs),
     /// Benchmarks, one JSON line each (names match ../shared/peers/peer_bench.py).
@@ -45,7 +49,17 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum TrainAlgorithm {
     /// Prototypical Networks (Snell et al. 2017).
-    Protonet(TrainArgs),
+    Protonet(ProtonetArgs),
+    /// MAML with exact second-order meta-gradients (Finn et al. 2017).
+    Maml(MamlArgs),
+    /// First-order MAML.
+    Fomaml(MamlArgs),
+    /// ANIL: MAML adapting the head only (Raghu et al. 2020).
+    Anil(MamlArgs),
+    /// Meta-SGD: MAML with learned per-parameter inner learning rates (Li et al. 2017).
+    Metasgd(MamlArgs),
+    /// Reptile (Nichol et al. 2018).
+    Reptile(ReptileArgs),
 }
 
 /// Where the data is.
@@ -56,10 +70,10 @@ pub struct DataArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-/// `train protonet` flags.
+/// Flags every `train` command shares.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// The data set.
+    /// The data set: omniglot, or sinusoid (regression; MAML family and Reptile).
     #[arg(long, default_value = "omniglot")]
     pub dataset: String,
     /// Split scheme: vinyals (1028/172/423 characters) or lake (964 / 659).
@@ -74,13 +88,13 @@ pub struct TrainArgs {
     /// Classes per training episode (N).
     #[arg(long, default_value_t = 5)]
     pub ways: usize,
-    /// Support examples per class (K).
+    /// Support examples per class (K; for sinusoid: support points per task).
     #[arg(long, default_value_t = 1)]
     pub shots: usize,
-    /// Query examples per class.
-    #[arg(long, default_value_t = 15)]
-    pub queries: usize,
-    /// Training episodes.
+    /// Query examples per class (default 15; for sinusoid: query points, default 10).
+    #[arg(long)]
+    pub queries: Option<usize>,
+    /// Outer updates: training episodes for protonet, meta-iterations otherwise.
     #[arg(long, default_value_t = 10_000)]
     pub episodes: u64,
     /// Run directory.
@@ -89,6 +103,31 @@ pub struct TrainArgs {
     /// Seed of initialisation and sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Validate every this many updates (0 = never; sinusoid runs never validate).
+    #[arg(long, default_value_t = 500)]
+    pub val_every: u64,
+    /// Episodes per validation.
+    #[arg(long, default_value_t = 200)]
+    pub val_episodes: u64,
+    /// Write a resumable checkpoint every this many updates.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// Append a training-metrics line every this many updates.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+    /// Continue the run in --out where it stopped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Device: cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// `train protonet` flags.
+#[derive(Debug, Args)]
+pub struct ProtonetArgs {
+    #[command(flatten)]
+    pub common: TrainArgs,
     /// Distance: euclidean (squared) or cosine.
     #[arg(long, default_value = "euclidean")]
     pub distance: String,
@@ -101,30 +140,66 @@ pub struct TrainArgs {
     /// Learning-rate decay factor.
     #[arg(long, default_value_t = 0.5)]
     pub lr_gamma: f64,
-    /// Validate every this many episodes (0 = never).
-    #[arg(long, default_value_t = 500)]
-    pub val_every: u64,
-    /// Episodes per validation.
-    #[arg(long, default_value_t = 200)]
-    pub val_episodes: u64,
     /// Classes per validation episode (default: 5).
     #[arg(long, default_value_t = 5)]
     pub val_ways: usize,
     /// Support examples per class in validation (default: --shots).
     #[arg(long)]
     pub val_shots: Option<usize>,
-    /// Write a resumable checkpoint every this many episodes.
-    #[arg(long, default_value_t = 100)]
-    pub checkpoint_every: u64,
-    /// Append a training-metrics line every this many episodes.
-    #[arg(long, default_value_t = 50)]
-    pub log_every: u64,
-    /// Continue the run in --out where it stopped.
+}
+
+/// `train maml|fomaml|anil|metasgd` flags.
+#[derive(Debug, Args)]
+pub struct MamlArgs {
+    #[command(flatten)]
+    pub common: TrainArgs,
+    /// Inner gradient steps in meta-training.
+    #[arg(long, default_value_t = 1)]
+    pub inner_steps: usize,
+    /// Inner gradient steps when adapting at evaluation (default: 3; sinusoid: 10;
+    /// Meta-SGD: --inner-steps).
     #[arg(long)]
-    pub resume: bool,
-    /// Device: cpu, cuda, cuda:N, or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub eval_steps: Option<usize>,
+    /// Inner learning rate (default 0.4; sinusoid 0.01; Meta-SGD: the initial rates).
+    #[arg(long)]
+    pub inner_lr: Option<f64>,
+    /// Tasks per meta-update (default 32; sinusoid 25).
+    #[arg(long)]
+    pub meta_batch: Option<u64>,
+    /// Outer (Adam) learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub meta_lr: f64,
+    /// Hidden width of the sinusoid MLP (1-h-h-1).
+    #[arg(long, default_value_t = 40)]
+    pub hidden: usize,
+}
+
+/// `train reptile` flags.
+#[derive(Debug, Args)]
+pub struct ReptileArgs {
+    #[command(flatten)]
+    pub common: TrainArgs,
+    /// Inner SGD steps per training task.
+    #[arg(long, default_value_t = 5)]
+    pub inner_steps: usize,
+    /// Inner steps when adapting at evaluation.
+    #[arg(long, default_value_t = 10)]
+    pub eval_steps: usize,
+    /// Inner SGD learning rate (default 0.1; sinusoid 0.01).
+    #[arg(long)]
+    pub inner_lr: Option<f64>,
+    /// Tasks per meta-update (default 5).
+    #[arg(long, default_value_t = 5)]
+    pub meta_batch: u64,
+    /// Outer step size ε at the start.
+    #[arg(long, default_value_t = 1.0)]
+    pub meta_lr: f64,
+    /// Keep ε constant instead of annealing it linearly to 0 over the run.
+    #[arg(long)]
+    pub no_anneal: bool,
+    /// Hidden width of the sinusoid MLP (1-h-h-1).
+    #[arg(long, default_value_t = 40)]
+    pub hidden: usize,
 }
 
 /// `eval` flags.
@@ -177,6 +252,38 @@ pub struct EvalEpisodesArgs {
     pub device: String,
 }
 
+/// `adapt` flags.
+#[derive(Debug, Args)]
+pub struct AdaptArgs {
+    /// The trained run directory.
+    pub run_dir: PathBuf,
+    /// Labelled examples: DIR/<class>/<image> (any size; converted like Omniglot).
+    #[arg(long)]
+    pub support: PathBuf,
+    /// Folder to write the adapted model to (must not exist or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Device: cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// `predict` flags.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The adapted model folder (from `adapt`).
+    pub model: PathBuf,
+    /// Images to classify.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// One JSON object per image, with every class's probability.
+    #[arg(long)]
+    pub json: bool,
+    /// Device: cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
 /// `download` flags.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
@@ -192,7 +299,9 @@ pub struct DownloadArgs {
 /// `bench` flags.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Which family: protonet (protonet_5w1s15q, protonet_20w5s15q, data_5w1s15q, data_20w5s15q).
+    /// Which family: protonet (protonet_5w1s15q, protonet_20w5s15q, data_5w1s15q,
+    /// data_20w5s15q) or maml (maml2_5w1s15q_mb32, fomaml_5w1s15q_mb32,
+    /// maml_sine_10shot_mb25, data_maml_5w1s15q_mb32).
     pub family: String,
     /// Print JSON lines (the only format; kept for symmetry with the peer script).
     #[arg(long)]

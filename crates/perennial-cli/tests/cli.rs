@@ -229,6 +229,8 @@ fn killed_run_resumes_on_the_same_episode_sequence() {
     assert_eq!(v["episodes"], 3);
     assert_eq!(v["per_episode"].as_array().unwrap().len(), 3);
     assert!(v["accuracy"].as_f64().unwrap() > 0.3, "{v}");
+    // Adapt to a user's support folder, save, reload and classify its query images.
+    adapt_and_predict(&straight, &eps, dir.path(), 0.5);
     // A query class without support examples is reported.
     std::fs::create_dir_all(eps.join("ep0/query/stranger")).unwrap();
     std::fs::copy(
@@ -254,6 +256,280 @@ fn killed_run_resumes_on_the_same_episode_sequence() {
             .arg("--episodes-dir")
             .arg(&eps)),
         &["ep1/support/b/0.png", "cannot decode"],
+    );
+}
+
+/// `adapt` on `eps/ep0/support`, `predict` on `eps/ep0/query/*/*.png`: the predictions
+/// name the right classes at least `min_acc` of the time; every image gets a line.
+fn adapt_and_predict(run_dir: &Path, eps: &Path, tmp: &Path, min_acc: f64) {
+    let model = tmp.join(format!(
+        "model-{}",
+        run_dir.file_name().unwrap().to_string_lossy()
+    ));
+    let out = run(bin()
+        .args(["adapt", "--device", "cpu"])
+        .arg(run_dir)
+        .arg("--support")
+        .arg(eps.join("ep0/support"))
+        .arg("--out")
+        .arg(&model));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "model.json",
+        "config.toml",
+        "meta.safetensors",
+        "adapted.safetensors",
+    ] {
+        assert!(model.join(f).is_file(), "{f} missing");
+    }
+    // Adapting again into the same folder is refused.
+    assert_fails(
+        &run(bin()
+            .args(["adapt", "--device", "cpu"])
+            .arg(run_dir)
+            .arg("--support")
+            .arg(eps.join("ep0/support"))
+            .arg("--out")
+            .arg(&model)),
+        &["not empty"],
+    );
+    let mut images = Vec::new();
+    for class in ["a", "b", "c", "d", "e"] {
+        for j in 0..2 {
+            images.push((class, eps.join(format!("ep0/query/{class}/{j}.png"))));
+        }
+    }
+    let mut cmd = bin();
+    cmd.args(["predict", "--json", "--device", "cpu"])
+        .arg(&model);
+    for (_, p) in &images {
+        cmd.arg(p);
+    }
+    let out = run(&mut cmd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), images.len());
+    let mut right = 0;
+    for ((class, _), v) in images.iter().zip(&lines) {
+        let p = v["probability"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p));
+        let total: f64 = v["probabilities"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-4, "{v}");
+        right += (v["class"] == *class) as usize;
+    }
+    let acc = right as f64 / images.len() as f64;
+    assert!(acc >= min_acc, "predict accuracy {acc}: {lines:?}");
+    // Predicting one image alone gives the same answer as in a batch.
+    let single = run(bin()
+        .args(["predict", "--json", "--device", "cpu"])
+        .arg(&model)
+        .arg(&images[3].1));
+    let v: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
+    assert_eq!(v["class"], lines[3]["class"]);
+    assert!(
+        (v["probability"].as_f64().unwrap() - lines[3]["probability"].as_f64().unwrap()).abs()
+            < 1e-4
+    );
+    // Bad input.
+    assert_fails(
+        &run(bin()
+            .args(["predict", "--device", "cpu"])
+            .arg(tmp)
+            .arg(&images[0].1)),
+        &["not an adapted model"],
+    );
+    assert_fails(
+        &run(bin()
+            .args(["predict", "--device", "cpu"])
+            .arg(&model)
+            .arg(tmp.join("missing.png"))),
+        &["missing.png"],
+    );
+}
+
+#[test]
+fn maml_family_trains_adapts_and_predicts_on_omniglot() {
+    let Some(data) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let eps = dir.path().join("episodes");
+    write_user_episodes(&data, &eps, 1);
+    for algorithm in ["maml", "fomaml", "anil", "metasgd", "reptile"] {
+        let run_dir = dir.path().join(algorithm);
+        let out = run(bin()
+            .args([
+                "train",
+                algorithm,
+                "--ways",
+                "5",
+                "--shots",
+                "1",
+                "--queries",
+                "5",
+            ])
+            .args(["--episodes", "30", "--meta-batch", "2", "--val-every", "15"])
+            .args([
+                "--val-episodes",
+                "5",
+                "--checkpoint-every",
+                "10",
+                "--device",
+                "cpu",
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--out")
+            .arg(&run_dir));
+        assert!(
+            out.status.success(),
+            "{algorithm}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+        assert!(
+            config.contains(&format!("algorithm = \"{algorithm}\"")),
+            "{config}"
+        );
+        let out = run(bin()
+            .args(["eval", "--episodes", "10", "--json", "--device", "cpu"])
+            .arg(&run_dir));
+        assert!(
+            out.status.success(),
+            "{algorithm}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let acc = v["accuracy"].as_f64().unwrap();
+        // 30 small updates are too few to learn much (learning is tested in the
+        // library's tests); this checks the pipeline end to end.
+        eprintln!("{algorithm}: 30 updates, 5-way 1-shot accuracy {acc:.3}");
+        assert!((0.0..=1.0).contains(&acc), "{v}");
+        // The head is 5-way: other ways are refused with the reason.
+        assert_fails(
+            &run(bin()
+                .args(["eval", "--ways", "20", "--device", "cpu"])
+                .arg(&run_dir)),
+            &["5-way head", "--ways 5"],
+        );
+        adapt_and_predict(&run_dir, &eps, dir.path(), 0.0);
+    }
+    // A support folder with the wrong number of classes.
+    std::fs::remove_dir_all(eps.join("ep0/support/e")).unwrap();
+    assert_fails(
+        &run(bin()
+            .args(["adapt", "--device", "cpu"])
+            .arg(dir.path().join("maml"))
+            .arg("--support")
+            .arg(eps.join("ep0/support"))
+            .arg("--out")
+            .arg(dir.path().join("m4"))),
+        &["4 classes", "5-way head"],
+    );
+}
+
+#[test]
+fn sinusoid_maml_trains_and_reports_mse_with_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("sine");
+    let out = run(bin()
+        .args(["train", "maml", "--dataset", "sinusoid", "--shots", "10"])
+        .args(["--episodes", "300", "--checkpoint-every", "100"])
+        .arg("--out")
+        .arg(&run_dir));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(bin()
+        .args(["eval", "--episodes", "50", "--json"])
+        .arg(&run_dir));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["mse"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "K = 5, 10 x steps 0, 1, 10: {v}");
+    let mse = |k: u64, s: u64| {
+        rows.iter()
+            .find(|r| r["shots"] == k && r["steps"] == s)
+            .unwrap()["mse"]
+            .as_f64()
+            .unwrap()
+    };
+    for k in [5, 10] {
+        assert!(mse(k, 10) < mse(k, 0), "adapting does not help: {v}");
+    }
+    for k in [5, 10] {
+        let svg = std::fs::read_to_string(run_dir.join(format!("sinusoid-k{k}.svg"))).unwrap();
+        assert!(svg.contains("true function") && svg.contains("after 10 steps"));
+    }
+    // Regression runs do not classify images.
+    assert_fails(
+        &run(bin()
+            .args(["adapt", "--support"])
+            .arg(dir.path())
+            .arg("--out")
+            .arg(dir.path().join("m"))
+            .arg(&run_dir)),
+        &["does not classify images"],
+    );
+    assert_fails(
+        &run(bin()
+            .args(["train", "protonet", "--dataset", "sinusoid", "--out"])
+            .arg(dir.path().join("p"))),
+        &["sinusoid", "regression"],
+    );
+    assert_fails(
+        &run(bin()
+            .args([
+                "train",
+                "maml",
+                "--dataset",
+                "sinusoid",
+                "--inner-lr",
+                "0",
+                "--out",
+            ])
+            .arg(dir.path().join("q"))),
+        &["--inner-lr"],
+    );
+    assert_fails(
+        &run(bin()
+            .args(["train", "maml", "--dataset", "cifar", "--out"])
+            .arg(dir.path().join("r"))),
+        &["cifar", "omniglot or sinusoid"],
+    );
+    assert_fails(
+        &run(bin()
+            .args([
+                "train",
+                "maml",
+                "--dataset",
+                "sinusoid",
+                "--meta-batch",
+                "0",
+                "--out",
+            ])
+            .arg(dir.path().join("s"))),
+        &["--meta-batch"],
     );
 }
 

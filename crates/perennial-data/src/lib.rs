@@ -10,6 +10,7 @@
 //! * [`folder`]: a generic image-folder data set (one subfolder per class).
 //! * [`episode`]: the episode sampler, a pure function of `(seed, index)`, and a
 //!   prefetching iterator that prepares episodes on a worker thread.
+//! * [`sinusoid`]: Finn et al.'s sinusoid regression tasks, pure in `(seed, index)`.
 //! * [`download`]: fetching the canonical archives with sha256 verification.
 
 pub mod dataset;
@@ -23,6 +24,7 @@ mod npy;
 pub mod omniglot;
 pub mod paths;
 pub mod rng;
+pub mod sinusoid;
 
 pub use dataset::{ClassEntry, ClassSet};
 pub use episode::{Episode, EpisodeSampler, EpisodeSpec, Prefetcher};

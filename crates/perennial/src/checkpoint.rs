@@ -22,8 +22,12 @@ use perennial_data::EpisodeSpec;
 use tch::Tensor;
 
 use crate::error::{Error, Result};
+use crate::meta::maml::MamlConfig;
 use crate::meta::metric::ProtoNetConfig;
+use crate::meta::reptile::ReptileConfig;
 use crate::nn::params::{load_named, save_named};
+use crate::nn::BackboneConfig;
+use perennial_data::sinusoid::SinusoidSpec;
 
 /// Where training data comes from.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -47,7 +51,8 @@ fn default_train_split() -> Split {
 /// The training schedule.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScheduleConfig {
-    /// Training episodes in all.
+    /// Outer updates in all (training episodes when `meta_batch` is 1); the other
+    /// intervals below count updates too.
     pub episodes: u64,
     /// Validate every this many episodes (0 = never).
     pub val_every: u64,
@@ -57,6 +62,13 @@ pub struct ScheduleConfig {
     pub checkpoint_every: u64,
     /// Append a training-metrics line every this many episodes.
     pub log_every: u64,
+    /// Tasks per outer update (the meta-batch; ProtoNet uses 1).
+    #[serde(default = "one")]
+    pub meta_batch: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl ScheduleConfig {
@@ -67,6 +79,9 @@ impl ScheduleConfig {
         }
         if self.checkpoint_every == 0 {
             return Err(Error::config("--checkpoint-every", 0, "must be at least 1"));
+        }
+        if self.meta_batch == 0 {
+            return Err(Error::config("--meta-batch", 0, "must be at least 1"));
         }
         if self.log_every == 0 {
             return Err(Error::config("--log-every", 0, "must be at least 1"));
@@ -85,7 +100,7 @@ impl ScheduleConfig {
 /// Everything that defines a training run; written to `config.toml`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunConfig {
-    /// The algorithm (`protonet`).
+    /// The algorithm (`protonet`, `maml`, `fomaml`, `anil`, `metasgd`, `reptile`).
     pub algorithm: String,
     /// The seed of initialisation and episode sampling.
     pub seed: u64,
@@ -97,8 +112,51 @@ pub struct RunConfig {
     pub val_episode: EpisodeSpec,
     /// The schedule.
     pub schedule: ScheduleConfig,
-    /// ProtoNet's settings.
-    pub protonet: ProtoNetConfig,
+    /// ProtoNet's settings (ProtoNet runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protonet: Option<ProtoNetConfig>,
+    /// The MAML family's settings (`maml`, `fomaml`, `anil`, `metasgd` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maml: Option<MamlConfig>,
+    /// Reptile's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reptile: Option<ReptileConfig>,
+    /// The sinusoid task family (runs with `dataset = "sinusoid"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sinusoid: Option<SinusoidSpec>,
+}
+
+impl RunConfig {
+    /// The backbone of the run's learner.
+    pub fn backbone(&self) -> Option<&BackboneConfig> {
+        if let Some(p) = &self.protonet {
+            return Some(&p.backbone);
+        }
+        if let Some(m) = &self.maml {
+            return Some(&m.net.backbone);
+        }
+        self.reptile.as_ref().map(|r| &r.net.backbone)
+    }
+
+    /// The ways a learner with a fixed-size head was trained for (MAML family,
+    /// Reptile); `None` for metric learners, which take any number of ways.
+    pub fn fixed_ways(&self) -> Option<usize> {
+        if self.sinusoid.is_some() {
+            return None;
+        }
+        self.maml
+            .as_ref()
+            .map(|m| m.net.outputs)
+            .or_else(|| self.reptile.as_ref().map(|r| r.net.outputs))
+    }
+
+    /// The side of the square images the learner takes, if it takes images.
+    pub fn image_size(&self) -> Option<usize> {
+        match self.backbone()? {
+            BackboneConfig::Conv4 { image_size, .. } => Some(*image_size),
+            BackboneConfig::Mlp { .. } => None,
+        }
+    }
 }
 
 /// Progress of a run, in `state.json`.
@@ -138,6 +196,11 @@ impl RunDir {
         dir.write_atomic("config.toml", text.as_bytes())?;
         dir.save_state(&RunState::default())?;
         Ok(dir)
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Opens an existing run directory.

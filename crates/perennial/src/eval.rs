@@ -49,6 +49,17 @@ pub fn task_accuracy(learner: &dyn MetaLearner, task: &Task) -> f64 {
     accuracy(&adapted.predict(&task.query.x), &task.query.y)
 }
 
+/// Query mean squared error of `learner` on one regression task.
+pub fn task_mse(learner: &dyn MetaLearner, task: &Task) -> f64 {
+    let adapted = learner.adapt(&task.support);
+    tch::no_grad(|| {
+        adapted
+            .predict(&task.query.x)
+            .mse_loss(&task.query.y, tch::Reduction::Mean)
+            .double_value(&[])
+    })
+}
+
 /// Evaluates on a sequence of episodes; `each(i, acc)` is called after every episode
 /// (for progress bars).
 pub fn evaluate(

@@ -4,8 +4,11 @@
 //!   parameter set, so optimisation-based meta-learners can run the same network on
 //!   adapted parameters without copying modules; distances.
 //! * [`meta`]: the [`meta::MetaLearner`] / [`meta::Adapted`] vocabulary shared by every
-//!   algorithm, and the algorithms themselves ([`meta::metric::ProtoNet`]).
+//!   algorithm, and the algorithms themselves: [`meta::metric::ProtoNet`], the MAML family
+//!   ([`meta::maml::Maml`]: MAML, first-order MAML, ANIL, Meta-SGD) and
+//!   [`meta::reptile::Reptile`].
 //! * [`optim`]: Adam with a step schedule whose state is checkpointable.
+//! * [`plot`]: dependency-free SVG line plots for reports.
 //! * [`eval`]: few-shot evaluation (mean accuracy and 95% confidence interval).
 //! * [`checkpoint`]: run directories, safetensors checkpoints, resume.
 //! * [`train`]: the episodic training loop with validation and best-checkpoint keeping.
@@ -16,6 +19,7 @@ pub mod eval;
 pub mod meta;
 pub mod nn;
 pub mod optim;
+pub mod plot;
 pub mod tensors;
 pub mod train;
 

@@ -1,17 +1,19 @@
 //! Turning data-crate episodes into tensors.
 
+use perennial_data::sinusoid::SinusoidTask;
 use perennial_data::Episode;
 use tch::{Device, Kind, Tensor};
 
-/// A labelled batch of images on a device: `x` is `[n, 1, h, w]` `f32`, `y` is `[n]`
-/// `i64` labels in `0..ways`.
+/// A labelled batch on a device. For classification `x` is images `[n, 1, h, w]`
+/// `f32` and `y` is `[n]` `i64` labels in `0..ways`; for regression `x` is `[n, d]`,
+/// `y` is `[n, k]` `f32` targets and `ways` is 0.
 #[derive(Debug)]
 pub struct Batch {
-    /// Images, `[n, 1, h, w]`.
+    /// Inputs, `[n, ...]`.
     pub x: Tensor,
-    /// Labels, `[n]`.
+    /// Labels `[n]` or regression targets `[n, k]`.
     pub y: Tensor,
-    /// Number of classes the labels range over.
+    /// Number of classes the labels range over (0 for regression).
     pub ways: usize,
 }
 
@@ -32,6 +34,16 @@ impl Batch {
                 .to_device(device),
             y: Tensor::from_slice(labels).to_device(device),
             ways,
+        }
+    }
+
+    /// A regression batch of scalar inputs and targets, `[n, 1]` each.
+    pub fn regression(x: &[f32], y: &[f32], device: Device) -> Self {
+        let n = x.len() as i64;
+        Batch {
+            x: Tensor::from_slice(x).view([n, 1]).to_device(device),
+            y: Tensor::from_slice(y).view([n, 1]).to_device(device),
+            ways: 0,
         }
     }
 
@@ -56,6 +68,19 @@ pub struct Task {
 }
 
 impl Task {
+    /// Another handle on the same tensors (for sending a task to a worker thread).
+    pub fn shallow_clone(&self) -> Self {
+        let b = |b: &Batch| Batch {
+            x: b.x.shallow_clone(),
+            y: b.y.shallow_clone(),
+            ways: b.ways,
+        };
+        Task {
+            support: b(&self.support),
+            query: b(&self.query),
+        }
+    }
+
     /// Moves an episode to `device`.
     pub fn from_episode(ep: &Episode, device: Device) -> Self {
         let ways = ep.spec.ways;
@@ -76,6 +101,16 @@ impl Task {
                 ways,
                 device,
             ),
+        }
+    }
+}
+
+impl Task {
+    /// A sinusoid task's points as `[n, 1]` tensors.
+    pub fn from_sinusoid(t: &SinusoidTask, device: Device) -> Self {
+        Task {
+            support: Batch::regression(&t.support_x, &t.support_y, device),
+            query: Batch::regression(&t.query_x, &t.query_y, device),
         }
     }
 }

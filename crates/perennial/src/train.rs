@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use perennial_data::sinusoid::SinusoidSampler;
 use perennial_data::EpisodeSampler;
 use serde_json::json;
 use tch::Device;
@@ -9,19 +10,73 @@ use tch::Device;
 use crate::checkpoint::{RunConfig, RunDir, RunState, ScheduleConfig};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, Summary};
+use crate::meta::maml::{Maml, MamlVariant};
 use crate::meta::metric::ProtoNet;
+use crate::meta::reptile::Reptile;
 use crate::meta::{MetaLearner, StepReport};
 use crate::tensors::Task;
 
+/// The algorithms [`build_learner`] knows.
+pub const ALGORITHMS: &str = "protonet, maml, fomaml, anil, metasgd, reptile";
+
 /// Builds the learner a run config describes, freshly initialised.
 pub fn build_learner(config: &RunConfig, device: Device) -> Result<Box<dyn MetaLearner>> {
+    let missing = |section: &str| {
+        Error::config(
+            "algorithm",
+            &config.algorithm,
+            format!("the config has no [{section}] section"),
+        )
+    };
     match config.algorithm.as_str() {
         "protonet" => Ok(Box::new(ProtoNet::new(
-            config.protonet.clone(),
+            config.protonet.clone().ok_or_else(|| missing("protonet"))?,
             config.seed,
             device,
         )?)),
-        other => Err(Error::config("algorithm", other, "known: protonet")),
+        "maml" | "fomaml" | "anil" | "metasgd" => {
+            let m = config.maml.clone().ok_or_else(|| missing("maml"))?;
+            let variant: MamlVariant = config.algorithm.parse()?;
+            if m.variant != variant {
+                return Err(Error::config(
+                    "maml.variant",
+                    m.variant.name(),
+                    format!("does not match algorithm {}", config.algorithm),
+                ));
+            }
+            Ok(Box::new(Maml::new(m, config.seed, device)?))
+        }
+        "reptile" => Ok(Box::new(Reptile::new(
+            config.reptile.clone().ok_or_else(|| missing("reptile"))?,
+            config.seed,
+            device,
+        )?)),
+        other => Err(Error::config(
+            "algorithm",
+            other,
+            format!("known: {ALGORITHMS}"),
+        )),
+    }
+}
+
+/// Where training tasks come from: task `i` is a pure function of `i`.
+pub trait TaskSource {
+    /// Tasks `start..end` in order, on `device` (prepared ahead where possible).
+    fn tasks(&self, start: u64, end: u64, device: Device) -> Box<dyn Iterator<Item = Task> + '_>;
+}
+
+impl TaskSource for EpisodeSampler {
+    fn tasks(&self, start: u64, end: u64, device: Device) -> Box<dyn Iterator<Item = Task> + '_> {
+        Box::new(
+            self.prefetch(start, Some(end), 32)
+                .map(move |ep| Task::from_episode(&ep, device)),
+        )
+    }
+}
+
+impl TaskSource for SinusoidSampler {
+    fn tasks(&self, start: u64, end: u64, device: Device) -> Box<dyn Iterator<Item = Task> + '_> {
+        Box::new((start..end).map(move |i| Task::from_sinusoid(&self.sample(i), device)))
     }
 }
 
@@ -41,6 +96,7 @@ impl Observer for Silent {}
 
 /// Trains `learner` in `run` from its saved state to the end of `schedule`.
 ///
+/// Update `u` uses tasks `u · meta_batch .. (u + 1) · meta_batch` of `source`.
 /// Resuming is the same call on the same run directory: the learner is loaded from the
 /// last checkpoint (if any), metrics past it are dropped, and training continues at the
 /// saved episode index, so the episode sequence is the one an uninterrupted run sees.
@@ -48,7 +104,7 @@ pub fn train(
     learner: &mut dyn MetaLearner,
     run: &RunDir,
     schedule: &ScheduleConfig,
-    train_sampler: &EpisodeSampler,
+    source: &dyn TaskSource,
     val_sampler: Option<&EpisodeSampler>,
     device: Device,
     observer: &mut dyn Observer,
@@ -62,18 +118,24 @@ pub fn train(
     run.truncate_metrics(state.next_episode)?;
     let start = Instant::now();
     let (mut loss, mut acc, mut n) = (0.0, 0.0, 0u64);
-    let episodes = train_sampler.prefetch(state.next_episode, Some(schedule.episodes), 8);
-    for ep in episodes {
-        let task = Task::from_episode(&ep, device);
-        let report = learner.meta_step(std::slice::from_ref(&task));
-        let done = ep.index + 1;
-        (loss, acc, n) = (loss + report.loss, acc + report.accuracy, n + 1);
+    let mb = schedule.meta_batch;
+    let mut tasks = source.tasks(state.next_episode * mb, schedule.episodes * mb, device);
+    let mut batch = Vec::with_capacity(mb as usize);
+    for done in state.next_episode + 1..=schedule.episodes {
+        batch.clear();
+        batch.extend(tasks.by_ref().take(mb as usize));
+        let report = learner.meta_step(&batch);
+        (loss, acc, n) = (
+            loss + report.loss,
+            acc + report.accuracy.unwrap_or(f64::NAN),
+            n + 1,
+        );
         observer.on_episode(done, &report);
         if done % schedule.log_every == 0 || done == schedule.episodes {
             run.append_metric(&json!({
                 "episode": done,
                 "loss": loss / n as f64,
-                "accuracy": acc / n as f64,
+                "accuracy": Some(acc / n as f64).filter(|a| a.is_finite()),
                 "elapsed_s": start.elapsed().as_secs_f64(),
             }))?;
             (loss, acc, n) = (0.0, 0.0, 0);

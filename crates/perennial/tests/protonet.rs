@@ -68,8 +68,12 @@ fn config(episodes: u64, checkpoint_every: u64) -> RunConfig {
             val_episodes: 3,
             checkpoint_every,
             log_every: 1,
+            meta_batch: 1,
         },
-        protonet: ProtoNetConfig::default(),
+        protonet: Some(ProtoNetConfig::default()),
+        maml: None,
+        reptile: None,
+        sinusoid: None,
     }
 }
 

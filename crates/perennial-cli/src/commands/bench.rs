@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use perennial::data::omniglot::{Split, SplitScheme};
+use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
 use perennial::data::{paths, EpisodeSampler, EpisodeSpec};
+use perennial::meta::fastnet::FastNetConfig;
+use perennial::meta::maml::{Maml, MamlConfig, MamlVariant};
 use perennial::meta::metric::{ProtoNet, ProtoNetConfig};
 use perennial::meta::MetaLearner;
 use perennial::tensors::Task;
@@ -15,10 +18,24 @@ use tch::Device;
 
 use crate::cli::BenchArgs;
 
+#[derive(Clone, Copy, PartialEq)]
+enum Work {
+    /// Sampling alone.
+    Data,
+    /// One ProtoNet training episode.
+    Protonet,
+    /// One MAML meta-iteration on Omniglot.
+    Maml(MamlVariant),
+    /// One MAML meta-iteration on sinusoid tasks (K = shots, MLP 1-40-40-1).
+    Sine,
+}
+
 struct Bench {
     name: &'static str,
     spec: EpisodeSpec,
-    train: bool,
+    work: Work,
+    /// Tasks per iteration (the meta-batch).
+    tasks: usize,
     iters: usize,
     warmup: usize,
 }
@@ -31,7 +48,8 @@ const PROTONET: &[Bench] = &[
             shots: 1,
             queries: 15,
         },
-        train: true,
+        work: Work::Protonet,
+        tasks: 1,
         iters: 50,
         warmup: 5,
     },
@@ -42,7 +60,8 @@ const PROTONET: &[Bench] = &[
             shots: 5,
             queries: 15,
         },
-        train: true,
+        work: Work::Protonet,
+        tasks: 1,
         iters: 50,
         warmup: 5,
     },
@@ -53,7 +72,8 @@ const PROTONET: &[Bench] = &[
             shots: 1,
             queries: 15,
         },
-        train: false,
+        work: Work::Data,
+        tasks: 1,
         iters: 200,
         warmup: 10,
     },
@@ -64,9 +84,61 @@ const PROTONET: &[Bench] = &[
             shots: 5,
             queries: 15,
         },
-        train: false,
+        work: Work::Data,
+        tasks: 1,
         iters: 200,
         warmup: 10,
+    },
+];
+
+const MAML: &[Bench] = &[
+    Bench {
+        name: "maml2_5w1s15q_mb32",
+        spec: EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 15,
+        },
+        work: Work::Maml(MamlVariant::Maml),
+        tasks: 32,
+        iters: 10,
+        warmup: 2,
+    },
+    Bench {
+        name: "fomaml_5w1s15q_mb32",
+        spec: EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 15,
+        },
+        work: Work::Maml(MamlVariant::Fomaml),
+        tasks: 32,
+        iters: 10,
+        warmup: 2,
+    },
+    Bench {
+        name: "maml_sine_10shot_mb25",
+        spec: EpisodeSpec {
+            ways: 1,
+            shots: 10,
+            queries: 10,
+        },
+        work: Work::Sine,
+        tasks: 25,
+        iters: 200,
+        warmup: 20,
+    },
+    Bench {
+        name: "data_maml_5w1s15q_mb32",
+        spec: EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 15,
+        },
+        work: Work::Data,
+        tasks: 32,
+        iters: 50,
+        warmup: 5,
     },
 ];
 
@@ -74,7 +146,8 @@ const PROTONET: &[Bench] = &[
 pub fn bench(a: BenchArgs) -> Result<()> {
     let family = match a.family.as_str() {
         "protonet" => PROTONET,
-        other => bail!("bench family {other:?}: known: protonet"),
+        "maml" => MAML,
+        other => bail!("bench family {other:?}: known: protonet, maml"),
     };
     let selected: Vec<&Bench> = match &a.bench {
         Some(name) => {
@@ -136,28 +209,69 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
-    let data = paths::data_dir(a.data.data_dir.as_deref());
-    // The peer's setup: the Vinyals train split, 1028 characters x 4 rotations. Not timed.
-    let set = super::omniglot_split(&data, SplitScheme::Vinyals, Split::Train)?;
-    let rss_setup = peak_rss_mb();
-    let sampler = EpisodeSampler::new(set, b.spec, 0)?;
     let iters = a.iters.unwrap_or(b.iters);
     let device = Device::Cpu;
+    // The peer's setup: the Vinyals train split, 1028 characters x 4 rotations. Not timed.
+    let episodes = if b.work == Work::Sine {
+        None
+    } else {
+        let data = paths::data_dir(a.data.data_dir.as_deref());
+        let set = super::omniglot_split(&data, SplitScheme::Vinyals, Split::Train)?;
+        Some(EpisodeSampler::new(set, b.spec, 0)?)
+    };
+    let sines = SinusoidSampler::new(SinusoidSpec::new(b.spec.shots, b.spec.queries), 0)?;
+    let rss_setup = peak_rss_mb();
+    let mut learner: Option<Box<dyn MetaLearner>> = match b.work {
+        Work::Data => None,
+        Work::Protonet => Some(Box::new(ProtoNet::new(
+            ProtoNetConfig::default(),
+            0,
+            device,
+        )?)),
+        Work::Maml(variant) => Some(Box::new(Maml::new(
+            MamlConfig {
+                variant,
+                net: FastNetConfig {
+                    outputs: b.spec.ways,
+                    ..Default::default()
+                },
+                inner_steps: 1,
+                inner_lr: 0.4,
+                ..Default::default()
+            },
+            0,
+            device,
+        )?)),
+        Work::Sine => Some(Box::new(Maml::new(
+            MamlConfig {
+                variant: MamlVariant::Maml,
+                net: FastNetConfig::sinusoid(40),
+                inner_steps: 1,
+                inner_lr: 0.01,
+                ..Default::default()
+            },
+            0,
+            device,
+        )?)),
+    };
     let mut times = Vec::with_capacity(iters);
     let mut data_times = Vec::with_capacity(iters);
-    let mut learner = if b.train {
-        Some(ProtoNet::new(ProtoNetConfig::default(), 0, device)?)
-    } else {
-        None
-    };
     let window = Instant::now();
     for i in 0..(b.warmup + iters) {
         let t0 = Instant::now();
-        let task = Task::from_episode(&sampler.sample(i as u64), device);
+        let tasks: Vec<Task> = (0..b.tasks)
+            .map(|j| {
+                let index = (i * b.tasks + j) as u64;
+                match &episodes {
+                    Some(s) => Task::from_episode(&s.sample(index), device),
+                    None => Task::from_sinusoid(&sines.sample(index), device),
+                }
+            })
+            .collect();
         let t_data = t0.elapsed().as_secs_f64();
         if let Some(l) = learner.as_mut() {
             // Sampling, forward, backward, the Adam step and reading the loss, as timed by the peer.
-            let r = l.meta_step(std::slice::from_ref(&task));
+            let r = l.meta_step(&tasks);
             std::hint::black_box(r.loss);
         }
         let t = t0.elapsed().as_secs_f64();
@@ -171,6 +285,7 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
     let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let med = median(&mut times);
     let data_med = median(&mut data_times);
+    let trains = b.work != Work::Data;
     println!(
         "{}",
         json!({
@@ -184,11 +299,11 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
             "warmup": b.warmup,
             "peak_rss_mb": peak_rss_mb(),
             "rss_after_setup_mb": rss_setup,
-            "data_median_s": if b.train { json!(data_med) } else { json!(null) },
-            "data_share": if b.train { json!(data_med / med) } else { json!(null) },
+            "data_median_s": if trains { json!(data_med) } else { json!(null) },
+            "data_share": if trains { json!(data_med / med) } else { json!(null) },
             "threads": tch::get_num_threads(),
             "timed_window_s": timed_window_s,
-            "config": { "ways": b.spec.ways, "shots": b.spec.shots, "queries": b.spec.queries, "lr": 1e-3, "distance": "squared-euclidean" },
+            "config": { "ways": b.spec.ways, "shots": b.spec.shots, "queries": b.spec.queries, "tasks": b.tasks },
             "learner": learner.as_ref().map(|l| l.name()),
         })
     );

@@ -1,11 +1,13 @@
 //! `perennial eval` and `perennial eval-episodes`.
 
 use anyhow::{bail, Context, Result};
-use perennial::checkpoint::RunDir;
+use perennial::checkpoint::{RunConfig, RunDir};
 use perennial::data::omniglot::Split;
+use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
 use perennial::data::{folder, EpisodeSampler, EpisodeSpec};
-use perennial::eval::{evaluate, summarize, task_accuracy};
+use perennial::eval::{evaluate, summarize, task_accuracy, task_mse};
 use perennial::meta::MetaLearner;
+use perennial::plot::{line_plot, Series, Style};
 use perennial::tensors::{Batch, Task};
 use perennial::train::build_learner;
 use serde_json::json;
@@ -32,6 +34,18 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<()> {
     let run = RunDir::open(&a.run_dir)?;
     let split: Split = a.split.parse()?;
     let (learner, config) = load_learner(&run, device)?;
+    if config.sinusoid.is_some() {
+        return eval_sinusoid(&a, &run, config, device, quiet);
+    }
+    if let Some(outputs) = config.fixed_ways() {
+        if outputs != a.ways {
+            bail!(
+                "--ways {}: this {} run has a {outputs}-way head; evaluate it with --ways {outputs}",
+                a.ways,
+                config.algorithm
+            );
+        }
+    }
     let data = a
         .data_dir
         .clone()
@@ -74,6 +88,134 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// Finn et al.'s sinusoid evaluation: query MSE after 0, 1 and 10 inner steps from
+/// K = 5 and K = 10 support points (100 query points per task), and a plot per K of
+/// the adapted curves on one task.
+fn eval_sinusoid(
+    a: &EvalArgs,
+    run: &RunDir,
+    config: RunConfig,
+    device: tch::Device,
+    quiet: bool,
+) -> Result<()> {
+    if a.episodes == 0 {
+        bail!("--episodes 0: evaluate at least one task");
+    }
+    let best = run.load_best()?;
+    let learner_with = |steps: usize| -> Result<Box<dyn MetaLearner>> {
+        let mut c = config.clone();
+        if let Some(m) = c.maml.as_mut() {
+            m.eval_steps = steps;
+        }
+        if let Some(r) = c.reptile.as_mut() {
+            r.eval_steps = steps;
+        }
+        let mut l = build_learner(&c, device)?;
+        l.load_model_state(&best)?;
+        Ok(l)
+    };
+    const STEPS: [usize; 3] = [0, 1, 10];
+    let mut rows = Vec::new();
+    let pb = bar(2 * STEPS.len() as u64 * a.episodes, "eval", quiet || a.json);
+    for shots in [5usize, 10] {
+        let sampler =
+            SinusoidSampler::new(SinusoidSpec::new(shots, 100), a.seed)?.with_stream(TEST_STREAM);
+        let mut curves = Vec::new();
+        for steps in STEPS {
+            let learner = learner_with(steps)?;
+            let mses: Vec<f64> = (0..a.episodes)
+                .map(|i| {
+                    pb.inc(1);
+                    task_mse(
+                        learner.as_ref(),
+                        &Task::from_sinusoid(&sampler.sample(i), device),
+                    )
+                })
+                .collect();
+            let s = summarize(&mses);
+            rows.push(json!({ "shots": shots, "steps": steps, "mse": s.accuracy, "ci95": s.ci95, "tasks": s.episodes }));
+            // The adapted curve on task 0, for the plot.
+            let t = sampler.sample(0);
+            let adapted = learner.adapt(&Task::from_sinusoid(&t, device).support);
+            let grid: Vec<f32> = (0..=200).map(|i| -5.0 + 0.05 * i as f32).collect();
+            let x = tch::Tensor::from_slice(&grid)
+                .view([-1, 1])
+                .to_device(device);
+            let y: Vec<f32> = adapted
+                .predict(&x)
+                .flatten(0, -1)
+                .to_device(tch::Device::Cpu)
+                .try_into()?;
+            curves.push(Series::new(
+                format!("after {steps} step{}", if steps == 1 { "" } else { "s" }),
+                grid.iter()
+                    .zip(&y)
+                    .map(|(&x, &y)| (x as f64, y as f64))
+                    .collect(),
+                if steps == 0 {
+                    Style::Dashed
+                } else {
+                    Style::Line
+                },
+            ));
+        }
+        let t = sampler.sample(0);
+        let mut series = vec![Series::new(
+            "true function",
+            (0..=200)
+                .map(|i| {
+                    let x = -5.0 + 0.05 * i as f64;
+                    (x, t.eval(x))
+                })
+                .collect(),
+            Style::Line,
+        )];
+        series.extend(curves);
+        series.push(Series::new(
+            format!("{shots} support points"),
+            t.support_x
+                .iter()
+                .zip(&t.support_y)
+                .map(|(&x, &y)| (x as f64, y as f64))
+                .collect(),
+            Style::Points,
+        ));
+        let path = run.root().join(format!("sinusoid-k{shots}.svg"));
+        let svg = line_plot(
+            &format!(
+                "{} on a sinusoid task (A = {:.2}, φ = {:.2}), K = {shots}",
+                config.algorithm, t.amplitude, t.phase
+            ),
+            "x",
+            "y",
+            &series,
+        );
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        if !a.json {
+            eprintln!("plot: {}", path.display());
+        }
+    }
+    pb.finish_and_clear();
+    if a.json {
+        println!("{}", json!({ "tasks": a.episodes, "mse": rows }));
+    } else {
+        println!(
+            "sinusoid, {} test tasks, 100 query points each:",
+            a.episodes
+        );
+        for r in &rows {
+            println!(
+                "  K = {:>2}, {:>2} step(s): MSE {:.3} ± {:.3}",
+                r["shots"],
+                r["steps"],
+                r["mse"].as_f64().unwrap_or(f64::NAN),
+                r["ci95"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// One user-supplied episode folder, read into a task.
 fn read_episode(dir: &std::path::Path, size: usize, device: tch::Device) -> Result<(Task, usize)> {
     let support = folder::load_labelled(&dir.join("support"), size)
@@ -112,9 +254,13 @@ pub fn eval_episodes(a: EvalEpisodesArgs, quiet: bool) -> Result<()> {
     let device = super::device(&a.device)?;
     let run = RunDir::open(&a.run_dir)?;
     let (learner, config) = load_learner(&run, device)?;
-    let size = match &config.protonet.backbone {
-        perennial::nn::BackboneConfig::Conv4 { image_size, .. } => *image_size,
-        perennial::nn::BackboneConfig::Mlp { sizes } => (sizes[0] as f64).sqrt() as usize,
+    let Some(size) = config.image_size() else {
+        bail!(
+            "{}: a {} run on {} does not classify images",
+            a.run_dir.display(),
+            config.algorithm,
+            config.data.dataset
+        );
     };
     let dirs = folder::subdirs(&a.episodes_dir).map_err(anyhow::Error::from)?;
     if dirs.is_empty() {

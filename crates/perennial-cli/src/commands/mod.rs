@@ -1,5 +1,6 @@
 //! The commands: each resolves its flags into library settings and runs.
 
+mod adapt;
 mod bench;
 mod download;
 mod eval;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
 use perennial::data::{paths, ClassSet};
+use perennial::meta::maml::MamlVariant;
 use tch::Device;
 
 use crate::cli::{Cli, Command, TrainAlgorithm};
@@ -19,11 +21,18 @@ use crate::cli::{Cli, Command, TrainAlgorithm};
 pub fn run(cli: Cli) -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
-        Command::Train {
-            algorithm: TrainAlgorithm::Protonet(a),
-        } => train::protonet(a, quiet),
+        Command::Train { algorithm } => match algorithm {
+            TrainAlgorithm::Protonet(a) => train::protonet(a, quiet),
+            TrainAlgorithm::Maml(a) => train::maml(MamlVariant::Maml, a, quiet),
+            TrainAlgorithm::Fomaml(a) => train::maml(MamlVariant::Fomaml, a, quiet),
+            TrainAlgorithm::Anil(a) => train::maml(MamlVariant::Anil, a, quiet),
+            TrainAlgorithm::Metasgd(a) => train::maml(MamlVariant::Metasgd, a, quiet),
+            TrainAlgorithm::Reptile(a) => train::reptile(a, quiet),
+        },
         Command::Eval(a) => eval::eval(a, quiet),
         Command::EvalEpisodes(a) => eval::eval_episodes(a, quiet),
+        Command::Adapt(a) => adapt::adapt(a),
+        Command::Predict(a) => adapt::predict(a),
         Command::Download(a) => download::download(a, quiet),
         Command::Bench(a) => bench::bench(a),
     }

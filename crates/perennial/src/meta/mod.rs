@@ -5,7 +5,10 @@
 //! One evaluation loop ([`crate::eval`]) and one training loop ([`crate::train`]) serve
 //! every algorithm through these two traits.
 
+pub mod fastnet;
+pub mod maml;
 pub mod metric;
+pub mod reptile;
 
 use tch::Tensor;
 
@@ -14,8 +17,13 @@ use crate::tensors::{Batch, Task};
 
 /// A model adapted to one task.
 pub trait Adapted {
-    /// Logits `[n, ways]` for images `[n, c, h, w]`.
+    /// Logits `[n, ways]` for inputs `[n, ...]` (for regression: predictions
+    /// `[n, outputs]`).
     fn predict(&self, x: &Tensor) -> Tensor;
+
+    /// What the adapted model holds beyond the meta-parameters (prototypes, fast
+    /// weights), to save it; [`MetaLearner::load_adapted`] rebuilds it.
+    fn state(&self) -> Vec<(String, Tensor)>;
 }
 
 /// What one outer update reports.
@@ -23,8 +31,8 @@ pub trait Adapted {
 pub struct StepReport {
     /// Mean query loss over the update's tasks.
     pub loss: f64,
-    /// Mean query accuracy over the update's tasks.
-    pub accuracy: f64,
+    /// Mean query accuracy over the update's tasks (`None` for regression).
+    pub accuracy: Option<f64>,
 }
 
 /// A meta-learning algorithm.
@@ -34,6 +42,10 @@ pub trait MetaLearner {
 
     /// Adapts to a task from its support set. Never changes the meta-parameters.
     fn adapt<'a>(&'a self, support: &Batch) -> Box<dyn Adapted + 'a>;
+
+    /// Rebuilds an adapted model saved with [`Adapted::state`] (on these
+    /// meta-parameters).
+    fn load_adapted<'a>(&'a self, named: &[(String, Tensor)]) -> Result<Box<dyn Adapted + 'a>>;
 
     /// One outer (meta-) update on a batch of tasks.
     fn meta_step(&mut self, tasks: &[Task]) -> StepReport;

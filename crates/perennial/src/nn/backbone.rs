@@ -23,6 +23,33 @@ pub trait Backbone: Send + Sync + std::fmt::Debug {
 
     /// Width of the output.
     fn out_dim(&self) -> usize;
+
+    /// Runs `T` copies of the network at once, copy `t` with its own parameters on its
+    /// own inputs: every parameter has a leading task dimension `[T, ...]` and `x` is
+    /// `[T, n, ...]`; the result is `[T, n, out_dim]`. Batch norm, where present, uses
+    /// each copy's own batch statistics. `None` when the backbone has no such path
+    /// (callers then loop over tasks).
+    fn forward_tasks(&self, _params: &ParamSet, _x: &Tensor) -> Option<Tensor> {
+        None
+    }
+
+    /// Whether [`Backbone::forward_tasks`] is implemented.
+    fn has_forward_tasks(&self) -> bool {
+        false
+    }
+
+    /// The batch-norm statistics of `x` under `params`, as buffers that
+    /// `forward(params, Some(buffers), _, false)` normalises with: each layer's
+    /// per-channel mean and (unbiased) variance of its input over this batch. Empty for
+    /// backbones without batch norm.
+    fn batch_statistics(&self, _params: &ParamSet, _x: &Tensor) -> ParamSet {
+        ParamSet::new()
+    }
+}
+
+/// `T` linear layers at once: `h` is `[T, n, in]`, `w` `[T, out, in]`, `b` `[T, out]`.
+pub fn linear_tasks(h: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    b.unsqueeze(1).baddbmm(h, &w.transpose(1, 2), 1.0, 1.0)
 }
 
 /// Which backbone, with its shape: serialised into run configs.
@@ -42,6 +69,9 @@ pub enum BackboneConfig {
     Mlp {
         /// Layer widths, input first.
         sizes: Vec<usize>,
+        /// A ReLU after the last layer too (for an MLP body under a separate head).
+        #[serde(default)]
+        relu_last: bool,
     },
 }
 
@@ -68,8 +98,9 @@ impl BackboneConfig {
                 hidden: *hidden,
                 image_size: *image_size,
             }),
-            BackboneConfig::Mlp { sizes } => Box::new(Mlp {
+            BackboneConfig::Mlp { sizes, relu_last } => Box::new(Mlp {
                 sizes: sizes.clone(),
+                relu_last: *relu_last,
             }),
         }
     }
@@ -153,6 +184,43 @@ impl Backbone for Conv4 {
         x: &Tensor,
         train: bool,
     ) -> Tensor {
+        self.run(params, buffers, x, train, 0.1)
+    }
+
+    fn out_dim(&self) -> usize {
+        let mut s = self.image_size;
+        for _ in 0..4 {
+            s /= 2;
+        }
+        self.hidden * s * s
+    }
+
+    fn batch_statistics(&self, params: &ParamSet, x: &Tensor) -> ParamSet {
+        tch::no_grad(|| {
+            let mut b = ParamSet::new();
+            let h = self.hidden as i64;
+            let opts = (x.kind(), x.device());
+            for i in 0..4 {
+                b.push(format!("bn{i}.running_mean"), Tensor::zeros([h], opts));
+                b.push(format!("bn{i}.running_var"), Tensor::ones([h], opts));
+            }
+            // Momentum 1: the running statistics become this batch's.
+            let params = params.map(|_, t| t.detach());
+            let _ = self.run(&params, Some(&b), x, true, 1.0);
+            b
+        })
+    }
+}
+
+impl Conv4 {
+    fn run(
+        &self,
+        params: &ParamSet,
+        buffers: Option<&ParamSet>,
+        x: &Tensor,
+        train: bool,
+        momentum: f64,
+    ) -> Tensor {
         let mut h = x.shallow_clone();
         for i in 0..4 {
             h = h.conv2d(
@@ -177,7 +245,7 @@ impl Backbone for Conv4 {
                 rm,
                 rv,
                 use_batch,
-                0.1,
+                momentum,
                 1e-5,
                 true,
             );
@@ -185,21 +253,16 @@ impl Backbone for Conv4 {
         }
         h.flatten(1, -1)
     }
-
-    fn out_dim(&self) -> usize {
-        let mut s = self.image_size;
-        for _ in 0..4 {
-            s /= 2;
-        }
-        self.hidden * s * s
-    }
 }
 
-/// A multi-layer perceptron with ReLU between layers (none after the last).
+/// A multi-layer perceptron with ReLU between layers (after the last one only with
+/// `relu_last`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mlp {
     /// Layer widths, input first.
     pub sizes: Vec<usize>,
+    /// A ReLU after the last layer too.
+    pub relu_last: bool,
 }
 
 impl Backbone for Mlp {
@@ -234,7 +297,7 @@ impl Backbone for Mlp {
                 params.get(&format!("fc{i}.weight")),
                 Some(params.get(&format!("fc{i}.bias"))),
             );
-            if i + 1 < layers {
+            if i + 1 < layers || self.relu_last {
                 h = h.relu();
             }
         }
@@ -243,6 +306,26 @@ impl Backbone for Mlp {
 
     fn out_dim(&self) -> usize {
         *self.sizes.last().unwrap_or(&0)
+    }
+
+    fn forward_tasks(&self, params: &ParamSet, x: &Tensor) -> Option<Tensor> {
+        let layers = self.sizes.len() - 1;
+        let mut h = x.flatten(2, -1);
+        for i in 0..layers {
+            h = linear_tasks(
+                &h,
+                params.get(&format!("fc{i}.weight")),
+                params.get(&format!("fc{i}.bias")),
+            );
+            if i + 1 < layers || self.relu_last {
+                h = h.relu();
+            }
+        }
+        Some(h)
+    }
+
+    fn has_forward_tasks(&self) -> bool {
+        true
     }
 }
 
@@ -280,6 +363,7 @@ mod tests {
     fn mlp_forward_and_safetensors_round_trip() {
         let net = Mlp {
             sizes: vec![4, 8, 3],
+            relu_last: false,
         };
         let (p, _) = net.init(3, Device::Cpu);
         let x = Tensor::rand([2, 4], (Kind::Float, Device::Cpu));
@@ -295,11 +379,31 @@ mod tests {
         // Wrong shape is refused with the parameter's name.
         let other = Mlp {
             sizes: vec![4, 9, 3],
+            relu_last: false,
         };
         let (mut r, _) = other.init(0, Device::Cpu);
         let err = r
             .load_named(&super::super::params::load_named(&path).unwrap(), "")
             .unwrap_err();
         assert!(err.to_string().contains("fc0.weight"), "{err}");
+    }
+
+    #[test]
+    fn mlp_forward_tasks_equals_one_forward_per_task() {
+        let net = Mlp {
+            sizes: vec![3, 5, 2],
+            relu_last: true,
+        };
+        let sets: Vec<ParamSet> = (0..4).map(|s| net.init(s, Device::Cpu).0).collect();
+        let stacked = sets[0]
+            .map(|n, _| Tensor::stack(&sets.iter().map(|p| p.get(n)).collect::<Vec<_>>(), 0));
+        let x = Tensor::rand([4, 6, 3], (Kind::Float, Device::Cpu));
+        let y = net.forward_tasks(&stacked, &x).unwrap();
+        assert_eq!(y.size(), vec![4, 6, 2]);
+        for (t, p) in sets.iter().enumerate() {
+            let yt = net.forward(p, None, &x.get(t as i64), true);
+            assert!(yt.allclose(&y.get(t as i64), 1e-6, 1e-6, false));
+        }
+        assert!(y.min().double_value(&[]) >= 0.0, "relu_last");
     }
 }

@@ -6,8 +6,8 @@
 
 mod backbone;
 mod distance;
-pub(crate) mod params;
+pub mod params;
 
-pub use backbone::{Backbone, BackboneConfig, Conv4, Mlp};
+pub use backbone::{linear_tasks, Backbone, BackboneConfig, Conv4, Mlp};
 pub use distance::Distance;
 pub use params::ParamSet;

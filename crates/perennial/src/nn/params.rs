@@ -1,3 +1,5 @@
+//! Named parameter sets and safetensors files.
+
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};

@@ -7,7 +7,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::meta::{Adapted, MetaLearner, StepReport};
 use crate::nn::{Backbone, BackboneConfig, Distance, ParamSet};
 use crate::optim::{Adam, AdamConfig};
@@ -88,6 +88,10 @@ impl Adapted for ProtoAdapted<'_> {
                 .logits(&self.net.embed(x, false), &self.protos)
         })
     }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        vec![("prototypes".into(), self.protos.to_device(Device::Cpu))]
+    }
 }
 
 impl MetaLearner for ProtoNet {
@@ -101,8 +105,24 @@ impl MetaLearner for ProtoNet {
         Box::new(ProtoAdapted { net: self, protos })
     }
 
+    fn load_adapted<'a>(&'a self, named: &[(String, Tensor)]) -> Result<Box<dyn Adapted + 'a>> {
+        let protos = named
+            .iter()
+            .find(|(n, _)| n == "prototypes")
+            .ok_or_else(|| Error::Parameters {
+                name: "prototypes".into(),
+                reason: "missing from the adapted model".into(),
+            })?;
+        let device = self.params.tensors()[0].device();
+        Ok(Box::new(ProtoAdapted {
+            net: self,
+            protos: protos.1.to_device(device),
+        }))
+    }
+
     fn meta_step(&mut self, tasks: &[Task]) -> StepReport {
         let mut report = StepReport::default();
+        let mut acc = 0.0;
         let mut total: Option<Tensor> = None;
         for task in tasks {
             let ns = task.support.len() as i64;
@@ -115,7 +135,7 @@ impl MetaLearner for ProtoNet {
                 .logits(&emb.narrow(0, ns, emb.size()[0] - ns), &protos);
             let loss = logits.cross_entropy_for_logits(&task.query.y);
             report.loss += loss.double_value(&[]);
-            report.accuracy += accuracy(&logits, &task.query.y);
+            acc += accuracy(&logits, &task.query.y);
             total = Some(match total {
                 None => loss,
                 Some(t) => t + loss,
@@ -127,7 +147,7 @@ impl MetaLearner for ProtoNet {
             self.adam.step(&self.params);
         }
         report.loss /= n;
-        report.accuracy /= n;
+        report.accuracy = Some(acc / n);
         report
     }
 

@@ -1,0 +1,180 @@
+//! `perennial adapt` (fine-tune a trained run on a user's labelled examples and save
+//! the adapted model) and `perennial predict` (classify images with it).
+//!
+//! An adapted model is a folder:
+//!
+//! ```text
+//! MODEL/model.json            format, algorithm, class names, image size
+//! MODEL/config.toml           the run's configuration (to rebuild the learner)
+//! MODEL/meta.safetensors      the meta-parameters it was adapted from
+//! MODEL/adapted.safetensors   what adaptation produced (prototypes or fast weights)
+//! ```
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use perennial::checkpoint::{RunConfig, RunDir};
+use perennial::data::folder;
+use perennial::nn::params::{load_named, save_named};
+use perennial::tensors::Batch;
+use perennial::train::build_learner;
+use serde_json::json;
+use tch::{Kind, Tensor};
+
+use crate::cli::{AdaptArgs, PredictArgs};
+
+const FORMAT: u64 = 1;
+
+/// Adapts a run to the classes of `--support` and writes the model folder.
+pub fn adapt(a: AdaptArgs) -> Result<()> {
+    let device = super::device(&a.device)?;
+    let run = RunDir::open(&a.run_dir)?;
+    let config = run.config()?;
+    let Some(size) = config.image_size() else {
+        bail!(
+            "{}: a {} run on {} does not classify images",
+            a.run_dir.display(),
+            config.algorithm,
+            config.data.dataset
+        );
+    };
+    let support = folder::load_labelled(&a.support, size)
+        .with_context(|| format!("reading the support set {}", a.support.display()))?;
+    let ways = support.classes.len();
+    if ways < 2 {
+        bail!(
+            "{}: {ways} class folder(s); adapting needs at least 2 (DIR/<class>/<image>)",
+            a.support.display()
+        );
+    }
+    if let Some(outputs) = config.fixed_ways() {
+        if outputs != ways {
+            bail!(
+                "{}: {ways} classes, but this {} run has a {outputs}-way head; give exactly {outputs} class folders",
+                a.support.display(),
+                config.algorithm
+            );
+        }
+    }
+    if a.out.exists()
+        && std::fs::read_dir(&a.out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{}: already exists and is not empty; choose another --out",
+            a.out.display()
+        );
+    }
+    let mut learner = build_learner(&config, device)?;
+    learner.load_model_state(&run.load_best()?)?;
+    let labels: Vec<i64> = support.labels.iter().map(|&l| l as i64).collect();
+    let batch = Batch::from_pixels(&support.images, &labels, size, size, ways, device);
+    let adapted = learner.adapt(&batch);
+    // Write beside, then rename, so a model folder is complete or absent.
+    let tmp = a.out.with_extension("partial");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let meta = json!({
+        "format": FORMAT,
+        "algorithm": config.algorithm,
+        "classes": support.classes,
+        "image_size": size,
+        "support_images": support.labels.len(),
+        "run": std::fs::canonicalize(&a.run_dir).unwrap_or(a.run_dir.clone()),
+    });
+    std::fs::write(tmp.join("model.json"), serde_json::to_string_pretty(&meta)?)?;
+    std::fs::write(tmp.join("config.toml"), toml::to_string_pretty(&config)?)?;
+    save_named(&learner.model_state(), &tmp.join("meta.safetensors"))?;
+    save_named(&adapted.state(), &tmp.join("adapted.safetensors"))?;
+    if a.out.exists() {
+        std::fs::remove_dir(&a.out).with_context(|| format!("replacing {}", a.out.display()))?;
+    }
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!(
+        "adapted {} to {ways} classes from {} images; model in {}",
+        config.algorithm,
+        support.labels.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn read_model_json(dir: &Path) -> Result<(Vec<String>, usize)> {
+    let path = dir.join("model.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: not an adapted model (made by `perennial adapt`)",
+            dir.display()
+        )
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: corrupt", path.display()))?;
+    if v["format"].as_u64() != Some(FORMAT) {
+        bail!("{}: unknown model format {}", path.display(), v["format"]);
+    }
+    let classes: Vec<String> = serde_json::from_value(v["classes"].clone())
+        .with_context(|| format!("{}: bad class list", path.display()))?;
+    let size = v["image_size"]
+        .as_u64()
+        .with_context(|| format!("{}: no image size", path.display()))? as usize;
+    Ok((classes, size))
+}
+
+/// Classifies images with an adapted model.
+pub fn predict(a: PredictArgs) -> Result<()> {
+    let device = super::device(&a.device)?;
+    let (classes, size) = read_model_json(&a.model)?;
+    let cfg_path = a.model.join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("reading {}", cfg_path.display()))?;
+    let config: RunConfig =
+        toml::from_str(&text).with_context(|| format!("{}: corrupt", cfg_path.display()))?;
+    let mut learner = build_learner(&config, device)?;
+    learner.load_model_state(&load_named(&a.model.join("meta.safetensors"))?)?;
+    let adapted = learner.load_adapted(&load_named(&a.model.join("adapted.safetensors"))?)?;
+    if a.images.is_empty() {
+        bail!("no images given");
+    }
+    let mut pixels = Vec::with_capacity(a.images.len() * size * size);
+    for p in &a.images {
+        pixels.extend(folder::load_image(p, size).map_err(anyhow::Error::from)?);
+    }
+    let x = Tensor::from_slice(&pixels)
+        .view([a.images.len() as i64, 1, size as i64, size as i64])
+        .to_device(device);
+    let probs = adapted.predict(&x).softmax(-1, Kind::Float);
+    if probs.size()[1] as usize != classes.len() {
+        bail!(
+            "{}: the model predicts {} classes but lists {}",
+            a.model.display(),
+            probs.size()[1],
+            classes.len()
+        );
+    }
+    let probs: Vec<Vec<f32>> = (0..a.images.len() as i64)
+        .map(|i| Vec::<f32>::try_from(probs.get(i)).map_err(anyhow::Error::from))
+        .collect::<Result<_>>()?;
+    for (path, p) in a.images.iter().zip(&probs) {
+        let (best, prob) =
+            p.iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        if a.json {
+            let all: serde_json::Map<String, serde_json::Value> = classes
+                .iter()
+                .zip(p)
+                .map(|(c, &v)| (c.clone(), json!(v)))
+                .collect();
+            println!(
+                "{}",
+                json!({ "image": path, "class": classes[best], "probability": prob, "probabilities": all })
+            );
+        } else {
+            println!("{}\t{}\t{:.3}", path.display(), classes[best], prob);
+        }
+    }
+    Ok(())
+}
