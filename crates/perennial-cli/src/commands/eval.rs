@@ -133,7 +133,10 @@ fn eval_sinusoid(
                 })
                 .collect();
             let s = summarize(&mses);
-            rows.push(json!({ "shots": shots, "steps": steps, "mse": s.accuracy, "ci95": s.ci95, "tasks": s.episodes }));
+            let mut sorted = mses.clone();
+            sorted.sort_by(|a, b| a.total_cmp(b));
+            let median = sorted[sorted.len() / 2];
+            rows.push(json!({ "shots": shots, "steps": steps, "mse": s.accuracy, "ci95": s.ci95, "median": median, "tasks": s.episodes }));
             // The adapted curve on task 0, for the plot.
             let t = sampler.sample(0);
             let adapted = learner.adapt(&Task::from_sinusoid(&t, device).support);
@@ -205,11 +208,12 @@ fn eval_sinusoid(
         );
         for r in &rows {
             println!(
-                "  K = {:>2}, {:>2} step(s): MSE {:.3} ± {:.3}",
+                "  K = {:>2}, {:>2} step(s): MSE {:.3} ± {:.3} (median {:.3})",
                 r["shots"],
                 r["steps"],
                 r["mse"].as_f64().unwrap_or(f64::NAN),
-                r["ci95"].as_f64().unwrap_or(f64::NAN)
+                r["ci95"].as_f64().unwrap_or(f64::NAN),
+                r["median"].as_f64().unwrap_or(f64::NAN)
             );
         }
     }
