@@ -97,6 +97,76 @@ fn checkpoint_tensors(run: &Path) -> std::collections::BTreeMap<String, Vec<u8>>
         .collect()
 }
 
+/// Starts `cmd`, SIGKILLs it once `run_dir` holds a checkpoint at update `at` or later,
+/// and checks it had not finished all `total` updates.
+fn kill_after_checkpoint(cmd: &mut Command, run_dir: &Path, at: u64, total: u64) {
+    let mut child = cmd.spawn().unwrap();
+    let t = Instant::now();
+    loop {
+        let state = std::fs::read_to_string(run_dir.join("state.json")).unwrap_or_default();
+        let next = serde_json::from_str::<serde_json::Value>(&state)
+            .ok()
+            .and_then(|v| v["next_episode"].as_u64())
+            .unwrap_or(0);
+        if next >= at {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "no checkpoint after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("state.json")).unwrap())
+            .unwrap();
+    assert!(
+        state["next_episode"].as_u64().unwrap() < total,
+        "the run finished before it was killed"
+    );
+}
+
+#[test]
+fn killed_maml_run_resumes_exactly() {
+    // Sinusoid MAML: checkpoints hold θ and Adam's state; the task sequence is a pure
+    // function of the update index and the meta-batch.
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = |out: &Path| {
+        let mut c = bin();
+        c.args(["--threads", "1", "train", "maml", "--dataset", "sinusoid"])
+            .args([
+                "--episodes",
+                "3000",
+                "--meta-batch",
+                "5",
+                "--checkpoint-every",
+                "50",
+            ])
+            .arg("--out")
+            .arg(out);
+        c
+    };
+    let (straight, killed) = (dir.path().join("straight"), dir.path().join("killed"));
+    assert!(run(&mut cmd(&straight)).status.success());
+    kill_after_checkpoint(&mut cmd(&killed), &killed, 50, 3000);
+    let out = run(bin()
+        .args(["--threads", "1", "train", "maml", "--resume", "--out"])
+        .arg(&killed));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        checkpoint_tensors(&straight),
+        checkpoint_tensors(&killed),
+        "resumed MAML run diverged"
+    );
+}
+
 #[test]
 fn killed_run_resumes_on_the_same_episode_sequence() {
     let Some(data) = shared_data() else { return };
@@ -105,33 +175,7 @@ fn killed_run_resumes_on_the_same_episode_sequence() {
     let killed = dir.path().join("killed");
     assert!(run(&mut train_cmd(&data, &straight, 40)).status.success());
 
-    let mut child = train_cmd(&data, &killed, 40).spawn().unwrap();
-    // Wait for the first checkpoint, then SIGKILL.
-    let t = Instant::now();
-    loop {
-        let state = std::fs::read_to_string(killed.join("state.json")).unwrap_or_default();
-        let next = serde_json::from_str::<serde_json::Value>(&state)
-            .ok()
-            .and_then(|v| v["next_episode"].as_u64())
-            .unwrap_or(0);
-        if next >= 5 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(300),
-            "no checkpoint after 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL on Unix
-    let status = child.wait().unwrap();
-    assert!(!status.success());
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(killed.join("state.json")).unwrap()).unwrap();
-    assert!(
-        state["next_episode"].as_u64().unwrap() < 40,
-        "the run finished before it was killed"
-    );
+    kill_after_checkpoint(&mut train_cmd(&data, &killed, 40), &killed, 5, 40);
 
     // Resuming without --resume is refused; with it, the run completes.
     assert_fails(

@@ -97,6 +97,22 @@ impl Adam {
     /// One update from explicit gradients, one per tensor of `params` in order (as
     /// returned by `autograd.grad`); `.grad` is not read.
     pub fn step_with(&mut self, params: &ParamSet, grads: &[Tensor]) {
+        self.apply(params, grads.iter().map(Some));
+    }
+
+    /// One update from the gradients accumulated in `params`; clears them. Tensors
+    /// without a gradient are left alone.
+    pub fn step(&mut self, params: &ParamSet) {
+        let grads: Vec<Tensor> = params.tensors().iter().map(|p| p.grad()).collect();
+        self.apply(params, grads.iter().map(|g| g.defined().then_some(g)));
+        tch::no_grad(|| {
+            for mut g in grads.into_iter().filter(Tensor::defined) {
+                let _ = g.zero_();
+            }
+        });
+    }
+
+    fn apply<'g>(&mut self, params: &ParamSet, grads: impl Iterator<Item = Option<&'g Tensor>>) {
         let c = &self.config;
         let lr = c.lr_at(self.t);
         self.t += 1;
@@ -109,46 +125,15 @@ impl Adam {
                 .zip(self.v.iter())
                 .zip(grads)
             {
-                Self::update(p, m, v, g, c, lr, bc1, bc2);
-            }
-        });
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn update(
-        p: &Tensor,
-        m: &Tensor,
-        v: &Tensor,
-        g: &Tensor,
-        c: &AdamConfig,
-        lr: f64,
-        bc1: f64,
-        bc2: f64,
-    ) {
-        let (mut m, mut v, mut p) = (m.shallow_clone(), v.shallow_clone(), p.shallow_clone());
-        let _ = m.g_mul_scalar_(c.beta1).g_add_(&(g * (1.0 - c.beta1)));
-        let _ = v
-            .g_mul_scalar_(c.beta2)
-            .g_add_(&(g.square() * (1.0 - c.beta2)));
-        let denom = (&v / bc2).sqrt() + c.eps;
-        let _ = p.g_sub_(&((&m / bc1) / denom * lr));
-    }
-
-    /// One update from the gradients accumulated in `params`; clears them.
-    pub fn step(&mut self, params: &ParamSet) {
-        let c = &self.config;
-        let lr = c.lr_at(self.t);
-        self.t += 1;
-        let bc1 = 1.0 - c.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.t as i32);
-        tch::no_grad(|| {
-            for (((_, p), (_, m)), (_, v)) in params.iter().zip(self.m.iter()).zip(self.v.iter()) {
-                let mut g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                Self::update(p, m, v, &g, c, lr, bc1, bc2);
-                let _ = g.zero_();
+                let Some(g) = g else { continue };
+                let (mut m, mut v, mut p) =
+                    (m.shallow_clone(), v.shallow_clone(), p.shallow_clone());
+                let _ = m.g_mul_scalar_(c.beta1).g_add_(&(g * (1.0 - c.beta1)));
+                let _ = v
+                    .g_mul_scalar_(c.beta2)
+                    .g_add_(&(g.square() * (1.0 - c.beta2)));
+                let denom = (&v / bc2).sqrt() + c.eps;
+                let _ = p.g_sub_(&((&m / bc1) / denom * lr));
             }
         });
     }

@@ -30,14 +30,7 @@ pub fn adapt(a: AdaptArgs) -> Result<()> {
     let device = super::device(&a.device)?;
     let run = RunDir::open(&a.run_dir)?;
     let config = run.config()?;
-    let Some(size) = config.image_size() else {
-        bail!(
-            "{}: a {} run on {} does not classify images",
-            a.run_dir.display(),
-            config.algorithm,
-            config.data.dataset
-        );
-    };
+    let size = super::image_size(&config, &a.run_dir)?;
     let support = folder::load_labelled(&a.support, size)
         .with_context(|| format!("reading the support set {}", a.support.display()))?;
     let ways = support.classes.len();

@@ -258,14 +258,7 @@ pub fn eval_episodes(a: EvalEpisodesArgs, quiet: bool) -> Result<()> {
     let device = super::device(&a.device)?;
     let run = RunDir::open(&a.run_dir)?;
     let (learner, config) = load_learner(&run, device)?;
-    let Some(size) = config.image_size() else {
-        bail!(
-            "{}: a {} run on {} does not classify images",
-            a.run_dir.display(),
-            config.algorithm,
-            config.data.dataset
-        );
-    };
+    let size = super::image_size(&config, &a.run_dir)?;
     let dirs = folder::subdirs(&a.episodes_dir).map_err(anyhow::Error::from)?;
     if dirs.is_empty() {
         bail!(

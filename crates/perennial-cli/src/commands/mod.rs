@@ -63,6 +63,20 @@ pub fn device(spec: &str) -> Result<Device> {
     }
 }
 
+/// The image side a run's learner takes, or an error naming the run if it does not
+/// classify images (a sinusoid run).
+pub fn image_size(config: &perennial::checkpoint::RunConfig, run_dir: &Path) -> Result<usize> {
+    match config.image_size() {
+        Some(s) => Ok(s),
+        None => bail!(
+            "{}: a {} run on {} does not classify images",
+            run_dir.display(),
+            config.algorithm,
+            config.data.dataset
+        ),
+    }
+}
+
 /// Loads Omniglot from `data` and returns the classes of `split`.
 pub fn omniglot_split(data: &Path, scheme: SplitScheme, split: Split) -> Result<Arc<ClassSet>> {
     Ok(omniglot_splits(data, scheme, &[split])?.remove(0))
