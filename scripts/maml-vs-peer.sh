@@ -8,6 +8,11 @@
 #
 # ALGORITHM: maml, fomaml, anil, metasgd or reptile. Prints two JSON lines (ours, then
 # the peer's) with accuracy, ci95 and train_s. Runs go to runs/protocol-*.
+# INIT (default maml) is our Conv4 initialisation: maml matches learn2learn's CNN4
+# (Xavier-uniform convolutions, zero biases, batch-norm scales U(0, 1)), which the peer uses.
+# PARALLEL=1 runs the two sides at the same time (give each THREADS=1 on a 2-core
+# machine): both then see the same machine load, so their times stay comparable even
+# when something else runs beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -22,20 +27,35 @@ cargo build --release --locked -p perennial-cli >&2
 P=./target/release/perennial
 run=runs/protocol-$alg-${ways}w1s-$iters-mb$mb
 rm -rf "$run"
+ours() {
 t0=$(date +%s.%N)
 $P -q --threads "$threads" train "$alg" --ways "$ways" --shots 1 --queries 15 --episodes "$iters" \
   --meta-batch "$mb" --inner-lr "$lr" --inner-steps $steps --eval-steps $eval_steps \
-  --val-every 0 --data-dir "$DATA" --out "$run" >&2
+  --val-every 0 --init "${INIT:-maml}" --data-dir "$DATA" --out "$run" >&2
 t1=$(date +%s.%N)
 ours=$($P -q --threads "$threads" eval "$run" --ways "$ways" --shots 1 --queries 15 --episodes 1000 --json)
 python3 - "$ours" "$alg" "$ways" "$iters" "$mb" "$lr" "$threads" "$t0" "$t1" <<'PY'
-import json, sys
+import json, os, sys
 r = json.loads(sys.argv[1])
 alg, ways, iters, mb, lr, threads, t0, t1 = sys.argv[2:]
-r.update(impl="perennial", algorithm=alg, ways=int(ways), shots=1, iterations=int(iters),
+r.update(impl="perennial", init=os.environ.get("INIT", "maml"), algorithm=alg, ways=int(ways), shots=1, iterations=int(iters),
          meta_batch=int(mb), inner_lr=float(lr), threads=int(threads), train_s=float(t1) - float(t0))
 print(json.dumps(r))
 PY
+}
+peer() {
 "$PEER_PY" scripts/peer_train_maml.py --algorithm "$alg" --ways "$ways" --shots 1 --queries 15 \
   --iterations "$iters" --meta-batch "$mb" --inner-lr "$lr" --inner-steps $steps --eval-steps $eval_steps \
   --eval-episodes 1000 --threads "$threads" --data-dir "$DATA"
+}
+if [ "${PARALLEL:-0}" = 1 ]; then
+  tmp=$(mktemp -d)
+  ours >"$tmp/ours" & a=$!
+  peer >"$tmp/peer" & b=$!
+  wait $a; wait $b
+  cat "$tmp/ours" "$tmp/peer"
+  rm -rf "$tmp"
+else
+  ours
+  peer
+fi

@@ -43,6 +43,9 @@ pub enum Command {
     Download(DownloadArgs),
     /// Benchmarks, one JSON line each (names match ../shared/peers/peer_bench.py).
     Bench(BenchArgs),
+    /// Run a continual-learning strategy over a task stream: accuracy matrix, ACC, BWT,
+    /// FWT, forgetting, plots.
+    Continual(ContinualArgs),
 }
 
 /// The trainable algorithms.
@@ -121,6 +124,10 @@ pub struct TrainArgs {
     /// Device: cpu, cuda, cuda:N, or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Conv4 initialisation: torch (PyTorch's defaults) or maml (learn2learn's CNN4:
+    /// Xavier-uniform convolutions, zero biases, batch-norm scales U(0, 1)).
+    #[arg(long, default_value = "torch")]
+    pub init: String,
 }
 
 /// `train protonet` flags.
@@ -287,11 +294,13 @@ pub struct PredictArgs {
 /// `download` flags.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    /// What to download: omniglot or omniglot-small.
+    /// What to download: omniglot (both archives and the Vinyals split files),
+    /// omniglot-splits (the split files alone) or omniglot-small.
     pub dataset: String,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Source: a base URL, a file:// URL or a local folder (default: the canonical one).
+    /// Source: a base URL, or an offline mirror (a file:// URL or a local folder holding
+    /// the files flat, under their data-folder names). Default: the canonical sources.
     #[arg(long)]
     pub from: Option<String>,
 }
@@ -317,4 +326,51 @@ pub struct BenchArgs {
     /// Timed iterations (default: as in the peer script).
     #[arg(long)]
     pub iters: Option<usize>,
+}
+
+/// `continual` flags.
+#[derive(Debug, Args)]
+pub struct ContinualArgs {
+    /// The stream: permuted-mnist, rotated-mnist (GEM protocol: 20 tasks of 1000
+    /// examples) or split-mnist (5 tasks of two digits).
+    #[arg(long)]
+    pub stream: String,
+    /// The strategy: naive (fine-tuning) or er (experience replay, reservoir buffer).
+    #[arg(long, default_value = "naive")]
+    pub strategy: String,
+    /// Split-MNIST's scenario: task (the task is known at test time) or class.
+    #[arg(long, default_value = "class")]
+    pub scenario: String,
+    /// Number of tasks (default: 20; split-mnist 5).
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Training examples per task (default: 1000; split-mnist all).
+    #[arg(long)]
+    pub train_per_task: Option<usize>,
+    /// Test examples per task (default: all).
+    #[arg(long)]
+    pub test_per_task: Option<usize>,
+    /// Seed of the stream, the network and the buffer.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Training batch size (one pass over each task).
+    #[arg(long, default_value_t = 10)]
+    pub batch: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// Hidden layer widths of the MLP (784 → hidden → 10).
+    #[arg(long, default_value = "100,100")]
+    pub hidden: String,
+    /// Replay buffer size in examples (er).
+    #[arg(long, default_value_t = 200)]
+    pub buffer: usize,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Run directory: result.json, matrix.csv, matrix.svg, accuracy.svg.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also print {"acc", "bwt", "fwt", "forgetting", "matrix"} as one JSON line.
+    #[arg(long)]
+    pub json: bool,
 }

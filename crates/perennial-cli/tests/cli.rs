@@ -724,4 +724,107 @@ fn download_from_a_local_mirror() {
     assert!(!dest
         .join("omniglot/images_background_small2.zip.partial")
         .exists());
+
+    // The split files go to DATA/splits, where training looks for them.
+    let o = run(bin()
+        .args(["download", "omniglot-splits", "--from"])
+        .arg(data.join("splits"))
+        .arg("--data-dir")
+        .arg(&dest));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for split in ["train", "val", "test"] {
+        let f = dest.join(format!("splits/omniglot__{split}.json"));
+        assert_eq!(
+            std::fs::read(&f).unwrap(),
+            std::fs::read(data.join(format!("splits/omniglot__{split}.json"))).unwrap()
+        );
+    }
+}
+
+#[test]
+fn continual_runs_a_strategy_over_a_stream_and_writes_its_report() {
+    let Some(data) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("er");
+    let args = |out: &std::path::Path| {
+        let mut c = bin();
+        c.args([
+            "continual",
+            "--stream",
+            "split-mnist",
+            "--strategy",
+            "er",
+            "--tasks",
+            "3",
+            "--train-per-task",
+            "200",
+            "--test-per-task",
+            "300",
+            "--buffer",
+            "50",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(out);
+        c
+    };
+    let o = run(&mut args(&out));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = line["matrix"].as_array().unwrap();
+    assert_eq!(m.len(), 3);
+    assert!(m.iter().all(|r| r.as_array().unwrap().len() == 3));
+    let acc = line["acc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    for k in ["bwt", "fwt", "forgetting"] {
+        assert!(line[k].is_number(), "{k}: {line}");
+    }
+    for f in ["result.json", "matrix.csv", "matrix.svg", "accuracy.svg"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let csv = std::fs::read_to_string(out.join("matrix.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}"); // header, baseline, 3 rows
+                                                 // The same seed gives the same matrix; a finished run is not overwritten.
+    let again = run(&mut args(&dir.path().join("er2")));
+    let line2: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(line["matrix"], line2["matrix"]);
+    assert_fails(&run(&mut args(&out)), &["already holds a finished run"]);
+
+    // Bad input: one clear line each.
+    let bad = |extra: &[&str], want: &[&str]| {
+        let mut c = bin();
+        c.args(["continual", "--out"])
+            .arg(dir.path().join("bad"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra);
+        assert_fails(&run(&mut c), want);
+    };
+    bad(&["--stream", "cifar"], &["--stream", "permuted-mnist"]);
+    bad(
+        &["--stream", "split-mnist", "--strategy", "dropout"],
+        &["--strategy", "naive, er"],
+    );
+    bad(
+        &["--stream", "split-mnist", "--strategy", "ewc"],
+        &["not implemented yet"],
+    );
+    bad(&["--stream", "split-mnist", "--tasks", "6"], &["--tasks"]);
+    bad(
+        &["--stream", "permuted-mnist", "--train-per-task", "70000"],
+        &["--train-per-task", "60000"],
+    );
+    bad(
+        &[
+            "--stream",
+            "split-mnist",
+            "--strategy",
+            "er",
+            "--buffer",
+            "0",
+        ],
+        &["--buffer"],
+    );
 }

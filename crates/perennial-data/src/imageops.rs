@@ -98,9 +98,91 @@ pub fn grey_to_ink(grey: &[u8]) -> Vec<f32> {
     grey.iter().map(|&g| 1.0 - g as f32 / 255.0).collect()
 }
 
+/// The bilinear taps of a rotation of an `h x w` image by `degrees` counter-clockwise
+/// about its centre: for every output pixel, four source pixels and their weights
+/// (weight 0, index 0 where a tap falls outside the image). Rotations by multiples of
+/// 90 degrees on a square image give one tap of weight 1 per pixel.
+pub fn rotation_taps(h: usize, w: usize, degrees: f64) -> Vec<([usize; 4], [f64; 4])> {
+    let (s, c) = degrees.to_radians().sin_cos();
+    // Snap to exact values so quarter turns are pure permutations.
+    let snap = |v: f64| if v.abs() < 1e-12 { 0.0 } else { v };
+    let (s, c) = (snap(s), snap(c));
+    let (cy, cx) = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
+    let mut out = Vec::with_capacity(h * w);
+    for i in 0..h {
+        for j in 0..w {
+            // Output pixel (i, j) samples the source at the inverse rotation. Image rows
+            // grow downwards, so a counter-clockwise turn on screen is clockwise in
+            // (row, column) coordinates.
+            let (dy, dx) = (i as f64 - cy, j as f64 - cx);
+            let sx = c * dx - s * dy + cx;
+            let sy = s * dx + c * dy + cy;
+            let (y0, x0) = (sy.floor(), sx.floor());
+            let (fy, fx) = (sy - y0, sx - x0);
+            let (y0, x0) = (y0 as isize, x0 as isize);
+            let corners = [
+                (y0, x0, (1.0 - fy) * (1.0 - fx)),
+                (y0, x0 + 1, (1.0 - fy) * fx),
+                (y0 + 1, x0, fy * (1.0 - fx)),
+                (y0 + 1, x0 + 1, fy * fx),
+            ];
+            let mut taps = ([0usize; 4], [0f64; 4]);
+            for (k, &(y, x, wt)) in corners.iter().enumerate() {
+                if y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w {
+                    taps.0[k] = y as usize * w + x as usize;
+                    taps.1[k] = wt;
+                }
+            }
+            out.push(taps);
+        }
+    }
+    out
+}
+
+/// Rotates an `h x w` image by `degrees` counter-clockwise about its centre (as
+/// `torchvision.transforms.functional.rotate` and PIL do), with bilinear interpolation
+/// and zeros (no ink) outside the source.
+pub fn rotate_bilinear(src: &[f32], h: usize, w: usize, degrees: f64) -> Vec<f32> {
+    debug_assert_eq!(src.len(), h * w);
+    rotation_taps(h, w, degrees)
+        .iter()
+        .map(|(t, wt)| (0..4).map(|k| wt[k] * src[t[k]] as f64).sum::<f64>() as f32)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotate_bilinear_agrees_with_rot90_and_keeps_a_centred_blob() {
+        let s = 28;
+        let src: Vec<f32> = (0..s * s)
+            .map(|i| ((i * 37) % 101) as f32 / 100.0)
+            .collect();
+        assert_eq!(rotate_bilinear(&src, s, s, 0.0), src);
+        for q in 1..4u8 {
+            let mut want = vec![0f32; s * s];
+            rot90_into(&src, s, q, &mut want);
+            assert_eq!(rotate_bilinear(&src, s, s, 90.0 * q as f64), want, "{q}");
+        }
+        // A disc in the middle keeps its mass under any angle (up to interpolation).
+        let disc: Vec<f32> = (0..s * s)
+            .map(|k| {
+                let (y, x) = ((k / s) as f64 - 13.5, (k % s) as f64 - 13.5);
+                if y * y + x * x < 64.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mass = |v: &[f32]| v.iter().map(|&p| p as f64).sum::<f64>();
+        for deg in [17.0, 45.0, 133.0] {
+            let r = rotate_bilinear(&disc, s, s, deg);
+            assert!((mass(&r) - mass(&disc)).abs() < 0.03 * mass(&disc), "{deg}");
+        }
+    }
 
     #[test]
     fn resize_preserves_constants_and_mass() {

@@ -11,6 +11,7 @@
 //! * [`episode`]: the episode sampler, a pure function of `(seed, index)`, and a
 //!   prefetching iterator that prepares episodes on a worker thread.
 //! * [`sinusoid`]: Finn et al.'s sinusoid regression tasks, pure in `(seed, index)`.
+//! * [`stream`]: continual-learning task streams (Permuted-, Rotated-, Split-MNIST).
 //! * [`download`]: fetching the canonical archives with sha256 verification.
 
 pub mod dataset;
@@ -25,6 +26,7 @@ pub mod omniglot;
 pub mod paths;
 pub mod rng;
 pub mod sinusoid;
+pub mod stream;
 
 pub use dataset::{ClassEntry, ClassSet};
 pub use episode::{Episode, EpisodeSampler, EpisodeSpec, Prefetcher};

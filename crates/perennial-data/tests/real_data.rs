@@ -141,7 +141,7 @@ fn mnist_counts() {
 #[test]
 fn download_verifies_sha256_from_a_local_mirror() {
     let Some(data) = shared_data() else { return };
-    let (assets, _) = download::catalogue("omniglot-small").unwrap();
+    let assets = download::catalogue("omniglot-small").unwrap();
     let small1 = assets[0];
     let dest = tempfile::tempdir().unwrap();
     let src = data.join("omniglot");
@@ -182,5 +182,42 @@ fn download_verifies_sha256_from_a_local_mirror() {
         err.to_string()
             .contains("/nonexistent/mirror/images_background_small1.zip"),
         "{err}"
+    );
+}
+
+#[test]
+fn download_catalogue_includes_the_vinyals_split_files() {
+    let Some(data) = shared_data() else { return };
+    let all = download::catalogue("omniglot").unwrap();
+    let splits = download::catalogue("omniglot-splits").unwrap();
+    assert_eq!(splits.len(), 3);
+    for s in splits {
+        assert!(all.contains(s), "{} missing from omniglot", s.file);
+        assert_eq!(s.dir, "splits");
+        assert!(s.base.starts_with("https://"));
+        // The catalogue's size and sha256 are those of the shared copy.
+        let local = data.join("splits").join(s.file);
+        assert_eq!(
+            std::fs::metadata(&local).unwrap().len(),
+            s.size,
+            "{}",
+            s.file
+        );
+        assert_eq!(
+            download::sha256_file(&local).unwrap(),
+            s.sha256,
+            "{}",
+            s.file
+        );
+    }
+    // A local mirror serves the data-folder names (omniglot__test.json), not the remote
+    // ones (test.json).
+    let dest = tempfile::tempdir().unwrap();
+    let test = splits.iter().find(|s| s.remote == "test.json").unwrap();
+    let src = data.join("splits");
+    let got = download::fetch(test, src.to_str().unwrap(), dest.path(), &mut |_, _| {}).unwrap();
+    assert_eq!(
+        got,
+        download::Fetched::Downloaded(dest.path().join("omniglot__test.json"))
     );
 }

@@ -7,6 +7,8 @@
 //!   algorithm, and the algorithms themselves: [`meta::metric::ProtoNet`], the MAML family
 //!   ([`meta::maml::Maml`]: MAML, first-order MAML, ANIL, Meta-SGD) and
 //!   [`meta::reptile::Reptile`].
+//! * [`continual`]: lifelong-learning metrics (ACC, BWT, FWT, forgetting) and the
+//!   reservoir buffer of experience replay.
 //! * [`optim`]: Adam with a step schedule whose state is checkpointable.
 //! * [`plot`]: dependency-free SVG line plots for reports.
 //! * [`eval`]: few-shot evaluation (mean accuracy and 95% confidence interval).
@@ -14,6 +16,7 @@
 //! * [`train`]: the episodic training loop with validation and best-checkpoint keeping.
 
 pub mod checkpoint;
+pub mod continual;
 pub mod error;
 pub mod eval;
 pub mod meta;

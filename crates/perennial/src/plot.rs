@@ -204,6 +204,111 @@ fn fmt_tick(t: f64) -> String {
     }
 }
 
+/// Renders a matrix of values in `[0, 1]` as an SVG heat map: row `i` top to bottom,
+/// column `j` left to right, white (0) to dark blue (1), each cell labelled with its
+/// value in percent when the matrix is at most 25 x 25. Non-finite cells are grey.
+pub fn heat_map(
+    title: &str,
+    row_label: &str,
+    col_label: &str,
+    rows: &[String],
+    cols: &[String],
+    values: &[Vec<f64>],
+) -> String {
+    let (nr, nc) = (values.len().max(1), cols.len().max(1));
+    let cell = (560.0 / nc.max(nr) as f64).clamp(14.0, 60.0);
+    let (left, top) = (110.0, 50.0);
+    let (w, h) = (
+        left + cell * nc as f64 + 30.0,
+        top + cell * nr as f64 + 60.0,
+    );
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" viewBox="0 0 {w:.0} {h:.0}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<rect width="{w:.0}" height="{h:.0}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        left + cell * nc as f64 / 2.0,
+        escape(title)
+    );
+    let labels = nr <= 25 && nc <= 25;
+    for (i, row) in values.iter().enumerate() {
+        let y = top + cell * i as f64;
+        if let Some(name) = rows.get(i) {
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                left - 6.0,
+                y + cell / 2.0 + 4.0,
+                escape(name)
+            );
+        }
+        for (j, &v) in row.iter().enumerate() {
+            let x = left + cell * j as f64;
+            let fill = if v.is_finite() {
+                let t = v.clamp(0.0, 1.0);
+                // White to rgb(8, 48, 107).
+                let c = |hi: f64, lo: f64| (hi + (lo - hi) * t).round() as u8;
+                format!(
+                    "rgb({},{},{})",
+                    c(255.0, 8.0),
+                    c(255.0, 48.0),
+                    c(255.0, 107.0)
+                )
+            } else {
+                "rgb(200,200,200)".into()
+            };
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="{fill}" stroke="white"/>"#
+            );
+            if labels && v.is_finite() {
+                let ink = if v > 0.55 { "white" } else { "black" };
+                let _ = writeln!(
+                    svg,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="{ink}" font-size="{:.0}">{:.0}</text>"#,
+                    x + cell / 2.0,
+                    y + cell / 2.0 + 4.0,
+                    (cell / 3.2).clamp(7.0, 12.0),
+                    v * 100.0
+                );
+            }
+        }
+    }
+    let bottom = top + cell * nr as f64;
+    for (j, name) in cols.iter().enumerate() {
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            left + cell * (j as f64 + 0.5),
+            bottom + 16.0,
+            escape(name)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        left + cell * nc as f64 / 2.0,
+        bottom + 40.0,
+        escape(col_label)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">{}</text>"#,
+        top + cell * nr as f64 / 2.0,
+        top + cell * nr as f64 / 2.0,
+        escape(row_label)
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +336,21 @@ mod tests {
         assert!(s.contains("a &lt; b"));
         assert_eq!(s.matches("<polyline").count(), 1);
         assert_eq!(s.matches("<circle").count(), 1, "the NaN point is skipped");
+    }
+
+    #[test]
+    fn heat_map_has_one_cell_per_value() {
+        let names: Vec<String> = (0..3).map(|i| format!("t{i}")).collect();
+        let v = vec![
+            vec![1.0, 0.0, f64::NAN],
+            vec![0.5, 0.25, 0.0],
+            vec![0.9, 0.8, 0.7],
+        ];
+        let svg = heat_map("R", "after", "task", &names, &names, &v);
+        assert_eq!(svg.matches("<rect x=").count(), 9);
+        assert!(svg.contains("rgb(8,48,107)") && svg.contains("rgb(255,255,255)"));
+        assert!(svg.contains("rgb(200,200,200)"));
+        assert!(svg.contains(">25<") && svg.contains(">t2<"));
+        assert!(svg.trim_end().ends_with("</svg>"));
     }
 }

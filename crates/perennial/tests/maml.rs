@@ -7,7 +7,7 @@ use perennial::meta::fastnet::{FastNetConfig, Objective};
 use perennial::meta::maml::{Maml, MamlConfig, MamlVariant};
 use perennial::meta::reptile::{Reptile, ReptileConfig};
 use perennial::meta::MetaLearner;
-use perennial::nn::BackboneConfig;
+use perennial::nn::{BackboneConfig, ConvInit};
 use perennial::tensors::{Batch, Task};
 use tch::{Device, Kind, Tensor};
 
@@ -31,6 +31,7 @@ fn small_conv_config(variant: MamlVariant) -> MamlConfig {
                 in_channels: 1,
                 hidden: 3,
                 image_size: 16,
+                init: ConvInit::Torch,
             },
             outputs: 3,
             objective: Objective::Classification,

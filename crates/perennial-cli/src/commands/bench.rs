@@ -186,7 +186,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn peak_rss_mb() -> f64 {
+/// The process's peak resident memory in MB (NaN where /proc is not available).
+pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

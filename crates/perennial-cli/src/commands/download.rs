@@ -9,11 +9,11 @@ use crate::progress::bar;
 
 /// Fetches a data set's archives into the data directory.
 pub fn download(a: DownloadArgs, quiet: bool) -> Result<()> {
-    let (assets, base) = catalogue(&a.dataset)?;
+    let assets = catalogue(&a.dataset)?;
     let data = paths::data_dir(a.data.data_dir.as_deref());
-    let dest = data.join("omniglot");
-    let source = a.from.as_deref().unwrap_or(base);
     for asset in assets {
+        let dest = data.join(asset.dir);
+        let source = a.from.as_deref().unwrap_or(asset.base);
         let pb = bar(asset.size, asset.file, quiet);
         let got = fetch(asset, source, &dest, &mut |done, _| pb.set_position(done))?;
         pb.finish_and_clear();

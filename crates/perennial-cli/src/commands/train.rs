@@ -89,16 +89,35 @@ fn base_config(
     Ok(config)
 }
 
-fn net_config(a: &TrainArgs, hidden: usize) -> FastNetConfig {
-    if is_sinusoid(a) {
+fn net_config(a: &TrainArgs, hidden: usize) -> Result<FastNetConfig> {
+    Ok(if is_sinusoid(a) {
         FastNetConfig::sinusoid(hidden)
     } else {
         FastNetConfig {
-            backbone: BackboneConfig::default(),
+            backbone: conv4(a)?,
             outputs: a.ways,
             ..Default::default()
         }
-    }
+    })
+}
+
+/// The Conv4 backbone with `--init`.
+fn conv4(a: &TrainArgs) -> Result<BackboneConfig> {
+    let init = a.init.parse()?;
+    Ok(match BackboneConfig::default() {
+        BackboneConfig::Conv4 {
+            in_channels,
+            hidden,
+            image_size,
+            ..
+        } => BackboneConfig::Conv4 {
+            in_channels,
+            hidden,
+            image_size,
+            init,
+        },
+        other => other,
+    })
 }
 
 /// Trains (or resumes) a ProtoNet run.
@@ -116,6 +135,7 @@ pub fn protonet(a: ProtonetArgs, quiet: bool) -> Result<()> {
             Some((a.val_ways, a.val_shots.unwrap_or(a.common.shots))),
         )?;
         let p = ProtoNetConfig {
+            backbone: conv4(&a.common)?,
             distance: a.distance.parse()?,
             optimizer: AdamConfig {
                 lr: a.lr,
@@ -123,7 +143,6 @@ pub fn protonet(a: ProtonetArgs, quiet: bool) -> Result<()> {
                 gamma: a.lr_gamma,
                 ..Default::default()
             },
-            ..Default::default()
         };
         p.optimizer.validate()?;
         c.protonet = Some(p);
@@ -146,7 +165,7 @@ pub fn maml(variant: MamlVariant, a: MamlArgs, quiet: bool) -> Result<()> {
         )?;
         let m = MamlConfig {
             variant,
-            net: net_config(&a.common, a.hidden),
+            net: net_config(&a.common, a.hidden)?,
             inner_steps: a.inner_steps,
             // Meta-SGD's learned rates are tuned for the training step count.
             eval_steps: a.eval_steps.unwrap_or(match (variant, sine) {
@@ -176,7 +195,7 @@ pub fn reptile(a: ReptileArgs, quiet: bool) -> Result<()> {
         let sine = is_sinusoid(&a.common);
         let mut c = base_config(&a.common, "reptile", a.meta_batch, None)?;
         let r = ReptileConfig {
-            net: net_config(&a.common, a.hidden),
+            net: net_config(&a.common, a.hidden)?,
             inner_steps: a.inner_steps,
             eval_steps: a.eval_steps,
             inner_lr: a.inner_lr.unwrap_or(if sine { 0.01 } else { 0.1 }),

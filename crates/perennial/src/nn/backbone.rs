@@ -52,6 +52,30 @@ pub fn linear_tasks(h: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
     b.unsqueeze(1).baddbmm(h, &w.transpose(1, 2), 1.0, 1.0)
 }
 
+/// How [`Conv4`]'s parameters are initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvInit {
+    /// PyTorch's defaults: convolution weights and biases U(±1/√fan_in), batch-norm
+    /// scale 1 and shift 0.
+    #[default]
+    Torch,
+    /// learn2learn's `CNN4Backbone` (after Finn et al.'s reference code): Xavier-uniform
+    /// convolution weights, zero convolution biases, batch-norm scales U(0, 1).
+    Maml,
+}
+
+impl std::str::FromStr for ConvInit {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "torch" => Ok(ConvInit::Torch),
+            "maml" => Ok(ConvInit::Maml),
+            _ => Err(crate::Error::config("--init", s, "known: torch, maml")),
+        }
+    }
+}
+
 /// Which backbone, with its shape: serialised into run configs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -64,6 +88,9 @@ pub enum BackboneConfig {
         hidden: usize,
         /// Input side in pixels (square).
         image_size: usize,
+        /// How the parameters are initialised.
+        #[serde(default)]
+        init: ConvInit,
     },
     /// [`Mlp`].
     Mlp {
@@ -81,6 +108,7 @@ impl Default for BackboneConfig {
             in_channels: 1,
             hidden: 64,
             image_size: 28,
+            init: ConvInit::Torch,
         }
     }
 }
@@ -93,10 +121,12 @@ impl BackboneConfig {
                 in_channels,
                 hidden,
                 image_size,
+                init,
             } => Box::new(Conv4 {
                 in_channels: *in_channels,
                 hidden: *hidden,
                 image_size: *image_size,
+                init: *init,
             }),
             BackboneConfig::Mlp { sizes, relu_last } => Box::new(Mlp {
                 sizes: sizes.clone(),
@@ -127,6 +157,8 @@ pub struct Conv4 {
     pub hidden: usize,
     /// Input side in pixels.
     pub image_size: usize,
+    /// How the parameters are initialised.
+    pub init: ConvInit,
 }
 
 impl Conv4 {
@@ -136,6 +168,7 @@ impl Conv4 {
             in_channels: 1,
             hidden: 64,
             image_size: 28,
+            init: ConvInit::Torch,
         }
     }
 }
@@ -148,19 +181,40 @@ impl Backbone for Conv4 {
         let h = self.hidden as i64;
         for i in 0..4 {
             let cin = if i == 0 { self.in_channels as i64 } else { h };
-            let bound = 1.0 / ((cin * 9) as f64).sqrt();
-            p.push(
-                format!("conv{i}.weight"),
-                uniform(&mut rng, &[h, cin, 3, 3], bound, device),
-            );
-            p.push(
-                format!("conv{i}.bias"),
-                uniform(&mut rng, &[h], bound, device),
-            );
-            p.push(
-                format!("bn{i}.weight"),
-                Tensor::ones([h], (Kind::Float, device)),
-            );
+            let torch_bound = 1.0 / ((cin * 9) as f64).sqrt();
+            match self.init {
+                ConvInit::Torch => {
+                    p.push(
+                        format!("conv{i}.weight"),
+                        uniform(&mut rng, &[h, cin, 3, 3], torch_bound, device),
+                    );
+                    p.push(
+                        format!("conv{i}.bias"),
+                        uniform(&mut rng, &[h], torch_bound, device),
+                    );
+                    p.push(
+                        format!("bn{i}.weight"),
+                        Tensor::ones([h], (Kind::Float, device)),
+                    );
+                }
+                ConvInit::Maml => {
+                    // Xavier: U(±√(6 / (fan_in + fan_out))).
+                    let xavier = (6.0 / ((cin * 9 + h * 9) as f64)).sqrt();
+                    p.push(
+                        format!("conv{i}.weight"),
+                        uniform(&mut rng, &[h, cin, 3, 3], xavier, device),
+                    );
+                    p.push(
+                        format!("conv{i}.bias"),
+                        Tensor::zeros([h], (Kind::Float, device)),
+                    );
+                    // U(0, 1) = 0.5 + U(±0.5).
+                    p.push(
+                        format!("bn{i}.weight"),
+                        uniform(&mut rng, &[h], 0.5, device) + 0.5,
+                    );
+                }
+            }
             p.push(
                 format!("bn{i}.bias"),
                 Tensor::zeros([h], (Kind::Float, device)),

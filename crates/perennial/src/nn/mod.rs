@@ -8,6 +8,6 @@ mod backbone;
 mod distance;
 pub mod params;
 
-pub use backbone::{linear_tasks, Backbone, BackboneConfig, Conv4, Mlp};
+pub use backbone::{linear_tasks, Backbone, BackboneConfig, Conv4, ConvInit, Mlp};
 pub use distance::Distance;
 pub use params::ParamSet;

@@ -1,0 +1,201 @@
+//! `perennial continual`: one strategy over one task stream, with the accuracy matrix,
+//! its metrics, and plots written to a run directory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use perennial::continual::{run_stream, Classifier, Naive, Replay, RunSettings, Strategy};
+use perennial::data::mnist::Mnist;
+use perennial::data::paths;
+use perennial::data::stream::{Scenario, Stream, StreamName, StreamSpec};
+use perennial::plot::{heat_map, line_plot, Series, Style};
+
+use crate::cli::ContinualArgs;
+use crate::progress::bar;
+
+/// The strategies `continual` runs today.
+pub const STRATEGIES: &[&str] = &["naive", "er"];
+/// Strategies of the plan (issue #4) that are not implemented yet.
+const PLANNED: &[&str] = &["joint", "ewc", "agem", "mer", "oml", "lamaml", "perennial"];
+
+/// Runs `perennial continual`.
+pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
+    let name: StreamName = a.stream.parse()?;
+    let mut strategy: Box<dyn Strategy> = match a.strategy.as_str() {
+        "naive" => Box::new(Naive),
+        "er" => Box::new(Replay::new(a.buffer, a.seed)?),
+        s if PLANNED.contains(&s) => bail!(
+            "--strategy {s}: not implemented yet; available: {}",
+            STRATEGIES.join(", ")
+        ),
+        s => bail!(
+            "invalid --strategy = {s}: known strategies: {}",
+            STRATEGIES.join(", ")
+        ),
+    };
+    let scenario = match name {
+        StreamName::SplitMnist => a.scenario.parse()?,
+        _ => {
+            if a.scenario != "class" && a.scenario != "domain" {
+                bail!(
+                    "--scenario {}: {} is domain-incremental",
+                    a.scenario,
+                    name.as_str()
+                );
+            }
+            Scenario::DomainIncremental
+        }
+    };
+    let mut spec = StreamSpec::default_for(name, a.seed);
+    if let Some(t) = a.tasks {
+        spec.tasks = t;
+    }
+    if a.train_per_task.is_some() {
+        spec.train_per_task = a.train_per_task;
+    }
+    if a.test_per_task.is_some() {
+        spec.test_per_task = a.test_per_task;
+    }
+    let mut sizes = vec![784];
+    for h in a.hidden.split(',').filter(|s| !s.is_empty()) {
+        sizes.push(
+            h.trim()
+                .parse::<usize>()
+                .with_context(|| format!("invalid --hidden = {}: widths like 100,100", a.hidden))?,
+        );
+    }
+    sizes.push(10);
+    let settings = RunSettings {
+        batch: a.batch,
+        test_examples: None,
+    };
+    if a.batch == 0 {
+        bail!("invalid --batch = 0: must be at least 1");
+    }
+
+    let out = &a.out;
+    if out.join("result.json").exists() {
+        bail!(
+            "{}: already holds a finished run (result.json); choose another --out",
+            out.display()
+        );
+    }
+    let data = paths::data_dir(a.data.data_dir.as_deref());
+    let train = Arc::new(Mnist::load(&data, "train")?);
+    let test = Arc::new(Mnist::load(&data, "t10k")?);
+    let stream = Stream::new(name, scenario, spec.clone(), train, test)?;
+    let mut model = Classifier::new(&sizes, a.lr, a.seed)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+
+    let total: usize = (0..stream.len())
+        .map(|t| {
+            stream
+                .examples(t, perennial::data::stream::Part::Train)
+                .div_ceil(a.batch)
+        })
+        .sum();
+    let pb = bar(total as u64, strategy.name(), quiet);
+    let t0 = Instant::now();
+    let matrix = run_stream(
+        strategy.as_mut(),
+        &mut model,
+        &stream,
+        &settings,
+        &mut |t, _, _| {
+            pb.inc(1);
+            pb.set_message(format!("task {}/{}", t + 1, stream.len()));
+        },
+    )?;
+    pb.finish_and_clear();
+    let wall_s = t0.elapsed().as_secs_f64();
+    let m = matrix.metrics();
+
+    let result = serde_json::json!({
+        "acc": m.acc,
+        "bwt": m.bwt,
+        "fwt": m.fwt,
+        "forgetting": m.forgetting,
+        "matrix": matrix.r,
+        "baseline": matrix.baseline,
+        "seen_accuracy": matrix.seen_accuracy(),
+        "stream": name.as_str(),
+        "scenario": scenario,
+        "strategy": strategy.name(),
+        "spec": spec,
+        "batch": a.batch,
+        "lr": a.lr,
+        "network": sizes,
+        "buffer": (a.strategy == "er").then_some(a.buffer),
+        "wall_s": wall_s,
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    write(&out.join("matrix.csv"), &matrix.to_csv())?;
+    let names: Vec<String> = (0..stream.len()).map(|t| format!("{t}")).collect();
+    let title = format!("{} on {} ({:?})", strategy.name(), name.as_str(), scenario);
+    write(
+        &out.join("matrix.svg"),
+        &heat_map(
+            &format!("Accuracy matrix: {title}"),
+            "after training on task",
+            "tested on task",
+            &names,
+            &names,
+            &matrix.r,
+        ),
+    )?;
+    let seen = matrix.seen_accuracy();
+    write(
+        &out.join("accuracy.svg"),
+        &line_plot(
+            &format!("Accuracy over the stream: {title}"),
+            "tasks learnt",
+            "mean accuracy on tasks seen",
+            &[Series::new(
+                strategy.name(),
+                seen.iter()
+                    .enumerate()
+                    .map(|(i, &v)| ((i + 1) as f64, v))
+                    .collect(),
+                Style::Line,
+            )],
+        ),
+    )?;
+    // result.json last: its presence marks a finished run.
+    write(
+        &out.join("result.json"),
+        &serde_json::to_string_pretty(&result)?,
+    )?;
+    if a.json {
+        let line = serde_json::json!({
+            "acc": m.acc, "bwt": m.bwt, "fwt": m.fwt, "forgetting": m.forgetting,
+            "matrix": matrix.r,
+        });
+        println!("{line}");
+    } else {
+        let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{:+.2}", 100.0 * v));
+        println!(
+            "{title}: ACC {:.2}%  BWT {}  FWT {}  forgetting {}  ({} tasks, {:.1} s); written to {}",
+            100.0 * m.acc,
+            pct(m.bwt),
+            pct(m.fwt),
+            pct(m.forgetting),
+            stream.len(),
+            wall_s,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn peak_rss_mb() -> f64 {
+    super::bench::peak_rss_mb()
+}

@@ -1,0 +1,17 @@
+//! Lifelong (continual) learning: the measures of a run over a task stream and the
+//! building blocks its strategies share.
+//!
+//! * [`metrics`]: average accuracy, backward and forward transfer (GEM's definitions),
+//!   forgetting and learning speed, from one accuracy matrix.
+//! * [`reservoir`]: a reservoir-sampling buffer, the memory of experience replay.
+//! * [`learner`]: the classifier a strategy trains, the [`Strategy`] interface with
+//!   naive fine-tuning and experience replay, and [`run_stream`], which runs a strategy
+//!   over a stream and fills the accuracy matrix.
+
+pub mod learner;
+pub mod metrics;
+pub mod reservoir;
+
+pub use learner::{run_stream, Classifier, Naive, Replay, RunSettings, Strategy};
+pub use metrics::{AccuracyMatrix, Metrics};
+pub use reservoir::Reservoir;
