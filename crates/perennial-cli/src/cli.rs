@@ -328,6 +328,9 @@ pub struct BenchArgs {
     pub iters: Option<usize>,
 }
 
+/// `--ewc-lambda`'s default (chosen on a 5-task Permuted-MNIST sweep; see README).
+pub const EWC_LAMBDA: f64 = 100.0;
+
 /// `continual` flags.
 #[derive(Debug, Args)]
 pub struct ContinualArgs {
@@ -335,7 +338,8 @@ pub struct ContinualArgs {
     /// examples) or split-mnist (5 tasks of two digits).
     #[arg(long)]
     pub stream: String,
-    /// The strategy: naive (fine-tuning) or er (experience replay, reservoir buffer).
+    /// The strategy: naive (fine-tuning), er (experience replay, reservoir buffer),
+    /// ewc (elastic weight consolidation) or agem (averaged GEM).
     #[arg(long, default_value = "naive")]
     pub strategy: String,
     /// Split-MNIST's scenario: task (the task is known at test time) or class.
@@ -365,6 +369,15 @@ pub struct ContinualArgs {
     /// Replay buffer size in examples (er).
     #[arg(long, default_value_t = 200)]
     pub buffer: usize,
+    /// EWC's penalty strength λ (ewc).
+    #[arg(long, default_value_t = EWC_LAMBDA)]
+    pub ewc_lambda: f64,
+    /// Examples of each task kept in A-GEM's episodic memory (agem).
+    #[arg(long, default_value_t = 250)]
+    pub memory_per_task: usize,
+    /// Memory examples drawn for each A-GEM reference gradient (agem).
+    #[arg(long, default_value_t = 256)]
+    pub agem_sample: usize,
     #[command(flatten)]
     pub data: DataArgs,
     /// Run directory: result.json, matrix.csv, matrix.svg, accuracy.svg.

@@ -805,11 +805,32 @@ fn continual_runs_a_strategy_over_a_stream_and_writes_its_report() {
     bad(&["--stream", "cifar"], &["--stream", "permuted-mnist"]);
     bad(
         &["--stream", "split-mnist", "--strategy", "dropout"],
-        &["--strategy", "naive, er"],
+        &["--strategy", "naive, er, ewc, agem"],
     );
     bad(
-        &["--stream", "split-mnist", "--strategy", "ewc"],
+        &["--stream", "split-mnist", "--strategy", "lamaml"],
         &["not implemented yet"],
+    );
+    bad(
+        &[
+            "--stream",
+            "split-mnist",
+            "--strategy",
+            "ewc",
+            "--ewc-lambda=-1",
+        ],
+        &["--ewc-lambda"],
+    );
+    bad(
+        &[
+            "--stream",
+            "split-mnist",
+            "--strategy",
+            "agem",
+            "--memory-per-task",
+            "0",
+        ],
+        &["--memory-per-task"],
     );
     bad(&["--stream", "split-mnist", "--tasks", "6"], &["--tasks"]);
     bad(

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use perennial::continual::{run_stream, Classifier, Naive, Replay, RunSettings, Strategy};
+use perennial::continual::{
+    run_stream, Agem, Classifier, Ewc, Naive, Replay, RunSettings, Strategy,
+};
 use perennial::data::mnist::Mnist;
 use perennial::data::paths;
 use perennial::data::stream::{Scenario, Stream, StreamName, StreamSpec};
@@ -16,9 +18,9 @@ use crate::cli::ContinualArgs;
 use crate::progress::bar;
 
 /// The strategies `continual` runs today.
-pub const STRATEGIES: &[&str] = &["naive", "er"];
+pub const STRATEGIES: &[&str] = &["naive", "er", "ewc", "agem"];
 /// Strategies of the plan (issue #4) that are not implemented yet.
-const PLANNED: &[&str] = &["joint", "ewc", "agem", "mer", "oml", "lamaml", "perennial"];
+const PLANNED: &[&str] = &["joint", "mer", "oml", "lamaml", "perennial"];
 
 /// Runs `perennial continual`.
 pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
@@ -26,6 +28,8 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
     let mut strategy: Box<dyn Strategy> = match a.strategy.as_str() {
         "naive" => Box::new(Naive),
         "er" => Box::new(Replay::new(a.buffer, a.seed)?),
+        "ewc" => Box::new(Ewc::new(a.ewc_lambda, a.batch.max(1))?),
+        "agem" => Box::new(Agem::new(a.memory_per_task, a.agem_sample, a.seed)?),
         s if PLANNED.contains(&s) => bail!(
             "--strategy {s}: not implemented yet; available: {}",
             STRATEGIES.join(", ")
@@ -128,6 +132,9 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         "lr": a.lr,
         "network": sizes,
         "buffer": (a.strategy == "er").then_some(a.buffer),
+        "ewc_lambda": (a.strategy == "ewc").then_some(a.ewc_lambda),
+        "memory_per_task": (a.strategy == "agem").then_some(a.memory_per_task),
+        "agem_sample": (a.strategy == "agem").then_some(a.agem_sample),
         "wall_s": wall_s,
         "peak_rss_mb": peak_rss_mb(),
     });

@@ -78,15 +78,24 @@ impl Classifier {
     /// One SGD step on `loss`: `θ ← θ − lr ∇θ loss`. Returns the loss value.
     pub fn sgd_step(&mut self, loss: &Tensor) -> f64 {
         let value = loss.double_value(&[]);
-        let params = self.params.tensors();
-        let grads = Tensor::run_backward(&[loss], &params, false, false);
+        let grads = self.gradients(loss);
+        self.apply(&grads);
+        value
+    }
+
+    /// `∇θ loss`, one tensor per parameter, without touching `.grad`.
+    pub fn gradients(&self, loss: &Tensor) -> Vec<Tensor> {
+        Tensor::run_backward(&[loss], &self.params.tensors(), false, false)
+    }
+
+    /// `θ ← θ − lr g`.
+    pub fn apply(&mut self, grads: &[Tensor]) {
         tch::no_grad(|| {
-            for (p, g) in params.iter().zip(&grads) {
+            for (p, g) in self.params.tensors().iter().zip(grads) {
                 let mut p = (*p).shallow_clone();
                 let _ = p.g_sub_(&(g * self.lr));
             }
         });
-        value
     }
 
     /// Accuracy on a batch.
@@ -106,6 +115,29 @@ impl Classifier {
 pub fn tensors(x: &[f32], y: &[i64]) -> (Tensor, Tensor) {
     let n = y.len() as i64;
     (Tensor::from_slice(x).view([n, -1]), Tensor::from_slice(y))
+}
+
+/// The mean cross-entropy of stored training examples `(task, position)`, each under
+/// its own task's mask (one forward pass per task); `None` for no example.
+pub fn memory_loss(
+    model: &Classifier,
+    stream: &Stream,
+    items: &[(usize, usize)],
+) -> Option<Tensor> {
+    if items.is_empty() {
+        return None;
+    }
+    let mut items = items.to_vec();
+    items.sort_unstable();
+    let mut sums = Vec::new();
+    for group in items.chunk_by(|a, b| a.0 == b.0) {
+        let t = group[0].0;
+        let idx: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
+        let (x, y) = stream.gather(t, Part::Train, &idx);
+        let (x, y) = tensors(&x, &y);
+        sums.push(model.loss_sum(&x, &y, stream.mask(t)));
+    }
+    Some(Tensor::stack(&sums, 0).sum(Kind::Float) / items.len() as f64)
 }
 
 /// A continual-learning strategy: how a model learns from a batch of the current task,
@@ -213,20 +245,10 @@ impl Strategy for Replay {
         let (x, y) = stream.batch(task, Part::Train, range.clone());
         let (xt, yt) = tensors(&x, &y);
         let mut loss = model.loss(&xt, &yt, stream.mask(task));
-        // Replayed examples keep their own task's mask: one forward pass per task.
-        let mut replay: Vec<(usize, usize)> = self.buffer.sample(n).into_iter().copied().collect();
-        if !replay.is_empty() {
-            replay.sort_unstable();
-            let mut sums = Vec::new();
-            for group in replay.chunk_by(|a, b| a.0 == b.0) {
-                let t = group[0].0;
-                let idx: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
-                let (rx, ry) = stream.gather(t, Part::Train, &idx);
-                let (rx, ry) = tensors(&rx, &ry);
-                sums.push(model.loss_sum(&rx, &ry, stream.mask(t)));
-            }
-            let r = Tensor::stack(&sums, 0).sum(Kind::Float);
-            loss = (loss + r / replay.len() as f64) * 0.5;
+        // Replayed examples keep their own task's mask.
+        let replay: Vec<(usize, usize)> = self.buffer.sample(n).into_iter().copied().collect();
+        if let Some(r) = memory_loss(model, stream, &replay) {
+            loss = (loss + r) * 0.5;
         }
         let value = model.sgd_step(&loss);
         for i in range {

@@ -7,11 +7,14 @@
 //! * [`learner`]: the classifier a strategy trains, the [`Strategy`] interface with
 //!   naive fine-tuning and experience replay, and [`run_stream`], which runs a strategy
 //!   over a stream and fills the accuracy matrix.
+//! * [`strategies`]: EWC and A-GEM.
 
 pub mod learner;
 pub mod metrics;
 pub mod reservoir;
+pub mod strategies;
 
 pub use learner::{run_stream, Classifier, Naive, Replay, RunSettings, Strategy};
 pub use metrics::{AccuracyMatrix, Metrics};
 pub use reservoir::Reservoir;
+pub use strategies::{Agem, Ewc};

@@ -1,0 +1,204 @@
+//! Regularisation- and projection-based strategies: EWC and A-GEM.
+
+use std::ops::Range;
+
+use tch::{Kind, Tensor};
+
+use super::learner::{memory_loss, tensors, Classifier, Strategy};
+use crate::data::stream::{Part, Stream};
+use crate::data::Rng;
+use crate::error::{Error, Result};
+
+/// Elastic weight consolidation (Kirkpatrick et al. 2017), one penalty per past task
+/// (Avalanche's `mode="separate"`): the loss on a batch is
+/// `CE + λ Σ_t Σ_i F_t,i (θ_i − θ*_t,i)²`, where `θ*_t` are the parameters after task
+/// `t` and `F_t` the diagonal empirical Fisher information on task `t`'s training data:
+/// the mean, over its mini-batches of `fisher_batch` examples, of the squared gradient
+/// of the batch's mean cross-entropy (as Avalanche computes it).
+#[derive(Debug)]
+pub struct Ewc {
+    lambda: f64,
+    fisher_batch: usize,
+    anchors: Vec<(Vec<Tensor>, Vec<Tensor>)>,
+}
+
+impl Ewc {
+    /// EWC with strength `lambda` and Fisher mini-batches of `fisher_batch` examples.
+    pub fn new(lambda: f64, fisher_batch: usize) -> Result<Self> {
+        if !(lambda >= 0.0 && lambda.is_finite()) {
+            return Err(Error::config("--ewc-lambda", lambda, "must be ≥ 0"));
+        }
+        if fisher_batch == 0 {
+            return Err(Error::config("--batch", 0, "must be at least 1"));
+        }
+        Ok(Ewc {
+            lambda,
+            fisher_batch,
+            anchors: Vec::new(),
+        })
+    }
+
+    /// The penalty `Σ_t Σ_i F_t,i (θ_i − θ*_t,i)²` at the model's parameters.
+    pub fn penalty(&self, model: &Classifier) -> Option<Tensor> {
+        let params = model.params.tensors();
+        let mut terms = Vec::new();
+        for (anchor, fisher) in &self.anchors {
+            for ((p, a), f) in params.iter().zip(anchor).zip(fisher) {
+                terms.push((f * (*p - a).square()).sum(Kind::Float));
+            }
+        }
+        (!terms.is_empty()).then(|| Tensor::stack(&terms, 0).sum(Kind::Float))
+    }
+}
+
+impl Strategy for Ewc {
+    fn name(&self) -> &'static str {
+        "ewc"
+    }
+
+    fn observe(
+        &mut self,
+        model: &mut Classifier,
+        stream: &Stream,
+        task: usize,
+        range: Range<usize>,
+    ) -> Result<f64> {
+        let (x, y) = stream.batch(task, Part::Train, range);
+        let (x, y) = tensors(&x, &y);
+        let loss = model.loss(&x, &y, stream.mask(task));
+        let value = loss.double_value(&[]);
+        let total = match self.penalty(model) {
+            Some(p) => loss + p * self.lambda,
+            None => loss,
+        };
+        model.sgd_step(&total);
+        Ok(value)
+    }
+
+    fn after_task(&mut self, model: &mut Classifier, stream: &Stream, task: usize) -> Result<()> {
+        let n = stream.examples(task, Part::Train);
+        let mut fisher: Vec<Tensor> = model
+            .params
+            .tensors()
+            .iter()
+            .map(|p| p.zeros_like())
+            .collect();
+        let batches = n.div_ceil(self.fisher_batch);
+        for b in 0..batches {
+            let range = b * self.fisher_batch..((b + 1) * self.fisher_batch).min(n);
+            let (x, y) = stream.batch(task, Part::Train, range);
+            let (x, y) = tensors(&x, &y);
+            let grads = model.gradients(&model.loss(&x, &y, stream.mask(task)));
+            for (f, g) in fisher.iter_mut().zip(&grads) {
+                *f += g.square();
+            }
+        }
+        let fisher = fisher.into_iter().map(|f| f / batches as f64).collect();
+        let anchor = model
+            .params
+            .tensors()
+            .iter()
+            .map(|p| p.detach().copy())
+            .collect();
+        self.anchors.push((anchor, fisher));
+        Ok(())
+    }
+}
+
+/// Averaged gradient episodic memory (A-GEM, Chaudhry et al. 2019): after each task,
+/// `per_task` of its training examples (drawn at random) join an episodic memory; each
+/// step computes the batch gradient `g` and the gradient `g_ref` of `sample` examples
+/// drawn from the memory, and when `g · g_ref < 0` (the step would raise the memory's
+/// loss) it steps along `g − (g·g_ref / g_ref·g_ref) g_ref` instead.
+#[derive(Debug)]
+pub struct Agem {
+    per_task: usize,
+    sample: usize,
+    memory: Vec<(usize, usize)>,
+    rng: Rng,
+}
+
+impl Agem {
+    /// A-GEM keeping `per_task` examples of each task and drawing `sample` of them for
+    /// every reference gradient; draws seeded by `seed`.
+    pub fn new(per_task: usize, sample: usize, seed: u64) -> Result<Self> {
+        if per_task == 0 {
+            return Err(Error::config(
+                "--memory-per-task",
+                0,
+                "A-GEM needs a memory of at least one example per task",
+            ));
+        }
+        if sample == 0 {
+            return Err(Error::config(
+                "--agem-sample",
+                0,
+                "A-GEM needs a reference sample of at least one example",
+            ));
+        }
+        Ok(Agem {
+            per_task,
+            sample,
+            memory: Vec::new(),
+            rng: Rng::new(seed),
+        })
+    }
+
+    /// The memory: (task, position) of every stored example.
+    pub fn memory(&self) -> &[(usize, usize)] {
+        &self.memory
+    }
+}
+
+fn dot(a: &[Tensor], b: &[Tensor]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x * y).sum(Kind::Double).double_value(&[]))
+        .sum()
+}
+
+impl Strategy for Agem {
+    fn name(&self) -> &'static str {
+        "agem"
+    }
+
+    fn observe(
+        &mut self,
+        model: &mut Classifier,
+        stream: &Stream,
+        task: usize,
+        range: Range<usize>,
+    ) -> Result<f64> {
+        let (x, y) = stream.batch(task, Part::Train, range);
+        let (x, y) = tensors(&x, &y);
+        let loss = model.loss(&x, &y, stream.mask(task));
+        let value = loss.double_value(&[]);
+        let mut g = model.gradients(&loss);
+        let k = self.sample.min(self.memory.len());
+        let picked: Vec<(usize, usize)> = self
+            .rng
+            .choose_distinct(self.memory.len(), k)
+            .into_iter()
+            .map(|i| self.memory[i])
+            .collect();
+        if let Some(ref_loss) = memory_loss(model, stream, &picked) {
+            let g_ref = model.gradients(&ref_loss);
+            let (gr, rr) = (dot(&g, &g_ref), dot(&g_ref, &g_ref));
+            if gr < 0.0 && rr > 0.0 {
+                let c = gr / rr;
+                g = g.iter().zip(&g_ref).map(|(a, b)| a - b * c).collect();
+            }
+        }
+        model.apply(&g);
+        Ok(value)
+    }
+
+    fn after_task(&mut self, _model: &mut Classifier, stream: &Stream, task: usize) -> Result<()> {
+        let n = stream.examples(task, Part::Train);
+        let k = self.per_task.min(n);
+        let mut picked = self.rng.choose_distinct(n, k);
+        picked.sort_unstable();
+        self.memory.extend(picked.into_iter().map(|i| (task, i)));
+        Ok(())
+    }
+}
