@@ -304,7 +304,10 @@ pub fn run_stream(
                 return Err(Error::config(
                     "training",
                     loss,
-                    format!("the loss diverged on task {t}, batch {b}; lower --lr"),
+                    format!(
+                        "the loss diverged on task {t}, batch {b}; lower --lr \
+                         (or the strategy's strength, e.g. --ewc-lambda)"
+                    ),
                 ));
             }
             progress(t, b + 1, batches);
