@@ -25,10 +25,13 @@ const PLANNED: &[&str] = &["joint", "mer", "oml", "lamaml", "perennial"];
 /// Runs `perennial continual`.
 pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
     let name: StreamName = a.stream.parse()?;
+    if a.batch == 0 {
+        bail!("invalid --batch = 0: must be at least 1");
+    }
     let mut strategy: Box<dyn Strategy> = match a.strategy.as_str() {
         "naive" => Box::new(Naive),
         "er" => Box::new(Replay::new(a.buffer, a.seed)?),
-        "ewc" => Box::new(Ewc::new(a.ewc_lambda, a.batch.max(1))?),
+        "ewc" => Box::new(Ewc::new(a.ewc_lambda, a.batch)?),
         "agem" => Box::new(Agem::new(a.memory_per_task, a.agem_sample, a.seed)?),
         s if PLANNED.contains(&s) => bail!(
             "--strategy {s}: not implemented yet; available: {}",
@@ -75,9 +78,6 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         batch: a.batch,
         test_examples: None,
     };
-    if a.batch == 0 {
-        bail!("invalid --batch = 0: must be at least 1");
-    }
 
     let out = &a.out;
     if out.join("result.json").exists() {
@@ -136,7 +136,7 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         "memory_per_task": (a.strategy == "agem").then_some(a.memory_per_task),
         "agem_sample": (a.strategy == "agem").then_some(a.agem_sample),
         "wall_s": wall_s,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": super::bench::peak_rss_mb(),
     });
     write(&out.join("matrix.csv"), &matrix.to_csv())?;
     let names: Vec<String> = (0..stream.len()).map(|t| format!("{t}")).collect();
@@ -201,8 +201,4 @@ fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
-}
-
-fn peak_rss_mb() -> f64 {
-    super::bench::peak_rss_mb()
 }

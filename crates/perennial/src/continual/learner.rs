@@ -6,6 +6,8 @@
 //! every task of the stream (seen or not), which gives row `i` of the accuracy matrix.
 //! The untrained model's accuracies are the baseline for forward transfer.
 
+use std::ops::Range;
+
 use tch::{Device, Kind, Tensor};
 
 use super::metrics::AccuracyMatrix;
@@ -117,6 +119,14 @@ pub fn tensors(x: &[f32], y: &[i64]) -> (Tensor, Tensor) {
     (Tensor::from_slice(x).view([n, -1]), Tensor::from_slice(y))
 }
 
+/// The mean cross-entropy of the training examples `range` of task `task`, under
+/// that task's mask.
+pub fn task_loss(model: &Classifier, stream: &Stream, task: usize, range: Range<usize>) -> Tensor {
+    let (x, y) = stream.batch(task, Part::Train, range);
+    let (x, y) = tensors(&x, &y);
+    model.loss(&x, &y, stream.mask(task))
+}
+
 /// The mean cross-entropy of stored training examples `(task, position)`, each under
 /// its own task's mask (one forward pass per task); `None` for no example.
 pub fn memory_loss(
@@ -163,7 +173,7 @@ pub trait Strategy {
         model: &mut Classifier,
         stream: &Stream,
         task: usize,
-        range: std::ops::Range<usize>,
+        range: Range<usize>,
     ) -> Result<f64>;
 
     /// Called after the last batch of task `task`, before the model is tested.
@@ -191,12 +201,9 @@ impl Strategy for Naive {
         model: &mut Classifier,
         stream: &Stream,
         task: usize,
-        range: std::ops::Range<usize>,
+        range: Range<usize>,
     ) -> Result<f64> {
-        let (x, y) = stream.batch(task, Part::Train, range);
-        let (x, y) = tensors(&x, &y);
-        let loss = model.loss(&x, &y, stream.mask(task));
-        Ok(model.sgd_step(&loss))
+        Ok(model.sgd_step(&task_loss(model, stream, task, range)))
     }
 }
 
@@ -239,12 +246,10 @@ impl Strategy for Replay {
         model: &mut Classifier,
         stream: &Stream,
         task: usize,
-        range: std::ops::Range<usize>,
+        range: Range<usize>,
     ) -> Result<f64> {
         let n = range.len();
-        let (x, y) = stream.batch(task, Part::Train, range.clone());
-        let (xt, yt) = tensors(&x, &y);
-        let mut loss = model.loss(&xt, &yt, stream.mask(task));
+        let mut loss = task_loss(model, stream, task, range.clone());
         // Replayed examples keep their own task's mask.
         let replay: Vec<(usize, usize)> = self.buffer.sample(n).into_iter().copied().collect();
         if let Some(r) = memory_loss(model, stream, &replay) {

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use tch::{Kind, Tensor};
 
-use super::learner::{memory_loss, tensors, Classifier, Strategy};
+use super::learner::{memory_loss, task_loss, Classifier, Strategy};
 use crate::data::stream::{Part, Stream};
 use crate::data::Rng;
 use crate::error::{Error, Result};
@@ -63,9 +63,7 @@ impl Strategy for Ewc {
         task: usize,
         range: Range<usize>,
     ) -> Result<f64> {
-        let (x, y) = stream.batch(task, Part::Train, range);
-        let (x, y) = tensors(&x, &y);
-        let loss = model.loss(&x, &y, stream.mask(task));
+        let loss = task_loss(model, stream, task, range);
         let value = loss.double_value(&[]);
         let total = match self.penalty(model) {
             Some(p) => loss + p * self.lambda,
@@ -86,9 +84,7 @@ impl Strategy for Ewc {
         let batches = n.div_ceil(self.fisher_batch);
         for b in 0..batches {
             let range = b * self.fisher_batch..((b + 1) * self.fisher_batch).min(n);
-            let (x, y) = stream.batch(task, Part::Train, range);
-            let (x, y) = tensors(&x, &y);
-            let grads = model.gradients(&model.loss(&x, &y, stream.mask(task)));
+            let grads = model.gradients(&task_loss(model, stream, task, range));
             for (f, g) in fisher.iter_mut().zip(&grads) {
                 *f += g.square();
             }
@@ -169,9 +165,7 @@ impl Strategy for Agem {
         task: usize,
         range: Range<usize>,
     ) -> Result<f64> {
-        let (x, y) = stream.batch(task, Part::Train, range);
-        let (x, y) = tensors(&x, &y);
-        let loss = model.loss(&x, &y, stream.mask(task));
+        let loss = task_loss(model, stream, task, range);
         let value = loss.double_value(&[]);
         let mut g = model.gradients(&loss);
         let k = self.sample.min(self.memory.len());
