@@ -44,8 +44,11 @@ pub enum Command {
     /// Benchmarks, one JSON line each (names match ../shared/peers/peer_bench.py).
     Bench(BenchArgs),
     /// Run a continual-learning strategy over a task stream: accuracy matrix, ACC, BWT,
-    /// FWT, forgetting, plots.
+    /// FWT, forgetting, learning speed, plots.
     Continual(ContinualArgs),
+    /// Compare finished `continual` runs: one table (and mean ± std over seeds) and one
+    /// plot.
+    Report(ReportArgs),
 }
 
 /// The trainable algorithms.
@@ -340,8 +343,9 @@ pub struct ContinualArgs {
     /// examples) or split-mnist (5 tasks of two digits).
     #[arg(long)]
     pub stream: String,
-    /// The strategy: naive (fine-tuning), er (experience replay, reservoir buffer),
-    /// ewc (elastic weight consolidation) or agem (averaged GEM).
+    /// The strategy: naive (fine-tuning), joint (the same examples in one i.i.d. order:
+    /// the upper bound), er (experience replay, reservoir buffer), ewc (elastic weight
+    /// consolidation) or agem (averaged GEM).
     #[arg(long, default_value = "naive")]
     pub strategy: String,
     /// Split-MNIST's scenario: task (the task is known at test time) or class.
@@ -382,10 +386,29 @@ pub struct ContinualArgs {
     pub agem_sample: usize,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Run directory: result.json, matrix.csv, matrix.svg, accuracy.svg.
+    /// Run directory: result.json, matrix.csv, matrix.svg, accuracy.svg, and
+    /// checkpoint/ while the run is unfinished.
     #[arg(long)]
     pub out: PathBuf,
+    /// Continue the unfinished run in --out from its last checkpoint (after the last
+    /// task it finished), with the same flags.
+    #[arg(long)]
+    pub resume: bool,
     /// Also print {"acc", "bwt", "fwt", "forgetting", "matrix"} as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `report` flags.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Run directories of finished `continual` runs.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Write the plot of accuracy over the stream (SVG) here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Print the table as JSON lines instead (one per run, then one per group).
     #[arg(long)]
     pub json: bool,
 }

@@ -805,7 +805,7 @@ fn continual_runs_a_strategy_over_a_stream_and_writes_its_report() {
     bad(&["--stream", "cifar"], &["--stream", "permuted-mnist"]);
     bad(
         &["--stream", "split-mnist", "--strategy", "dropout"],
-        &["--strategy", "naive, er, ewc, agem"],
+        &["--strategy", "naive, joint, er, ewc, agem"],
     );
     bad(
         &["--stream", "split-mnist", "--strategy", "lamaml"],
@@ -848,4 +848,141 @@ fn continual_runs_a_strategy_over_a_stream_and_writes_its_report() {
         ],
         &["--buffer"],
     );
+}
+
+/// A `continual` run killed with SIGKILL between tasks resumes from its checkpoint and
+/// ends with the matrix of an uninterrupted run; `report` compares finished runs and
+/// refuses unfinished or corrupt ones.
+#[test]
+fn continual_resumes_after_kill_and_report_compares_runs() {
+    let Some(data) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let args = |out: &Path, extra: &[&str]| {
+        let mut c = bin();
+        c.args([
+            "continual",
+            "--stream",
+            "permuted-mnist",
+            "--strategy",
+            "agem",
+            "--tasks",
+            "8",
+            "--memory-per-task",
+            "100",
+            "--agem-sample",
+            "64",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+        c
+    };
+    let killed = dir.path().join("killed");
+    let mut child = args(&killed, &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = killed.join("checkpoint/state.json");
+    let t0 = Instant::now();
+    let done = loop {
+        let tasks = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["record"]["rows"].as_array().map(|r| r.len()));
+        if tasks.is_some_and(|n| n >= 2) {
+            break tasks.unwrap();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!killed.join("result.json").exists());
+    assert!(done < 8, "{done}");
+
+    // An unfinished run is neither overwritten nor reported.
+    assert_fails(
+        &run(&mut args(&killed, &[])),
+        &["unfinished run", "--resume"],
+    );
+    let mut report = bin();
+    report.arg("report").arg(&killed);
+    assert_fails(&run(&mut report), &["unfinished run"]);
+    // Resuming with other settings is refused, naming the setting.
+    assert_fails(
+        &run(&mut args(&killed, &["--resume", "--lr", "0.05"])),
+        &["lr: 0.1 → 0.05"],
+    );
+    let fresh = dir.path().join("fresh");
+    assert_fails(
+        &run(&mut args(&fresh, &["--resume"])),
+        &["no checkpoint to resume"],
+    );
+
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir_all(corrupt.join("checkpoint")).unwrap();
+    std::fs::write(corrupt.join("checkpoint/state.json"), "{\"config\": 1").unwrap();
+    assert_fails(
+        &run(&mut args(&corrupt, &["--resume"])),
+        &["corrupt checkpoint state"],
+    );
+
+    let resumed = run(&mut args(&killed, &["--resume"]));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(!killed.join("checkpoint").exists());
+    let straight = run(&mut args(&fresh, &[]));
+    assert!(straight.status.success());
+    let a: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&straight.stdout).unwrap();
+    assert_eq!(a["matrix"], b["matrix"]);
+    assert_eq!(a["matrix"].as_array().unwrap().len(), 8);
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(killed.join("result.json")).unwrap())
+            .unwrap();
+    let speed = &result["learning_speed"]["mean_accuracy"];
+    assert_eq!(speed.as_array().unwrap().len(), 4, "{speed}");
+
+    // report: one table, a group of the two (same settings, same seed), one plot.
+    let plot = dir.path().join("cmp.svg");
+    let mut report = bin();
+    report
+        .arg("report")
+        .arg(&killed)
+        .arg(&fresh)
+        .arg("--plot")
+        .arg(&plot);
+    let o = run(&mut report);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("agem (memory/task 100)"), "{text}");
+    assert!(text.contains("± 0.00"), "{text}");
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    let mut report = bin();
+    report.arg("report").arg(&killed).arg(&fresh).arg("--json");
+    let o = run(&mut report);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["runs"], 2);
+    assert_eq!(lines[2]["acc"]["mean"], a["acc"]);
+
+    // A corrupt result file is named.
+    std::fs::write(fresh.join("result.json"), "{not json").unwrap();
+    let mut report = bin();
+    report.arg("report").arg(&fresh);
+    assert_fails(&run(&mut report), &["corrupt result file"]);
 }

@@ -5,8 +5,9 @@
 //! streams may change between versions. It is SplitMix64 (Steele, Lea & Flood 2014):
 //! fast, 64-bit state, passes BigCrush, and trivially seekable by hashing the key.
 
-/// SplitMix64 pseudo-random generator.
-#[derive(Debug, Clone)]
+/// SplitMix64 pseudo-random generator. It serialises as its 64-bit state, so a
+/// checkpoint that stores it resumes the exact same draws.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rng {
     state: u64,
 }

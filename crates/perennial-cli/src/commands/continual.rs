@@ -3,11 +3,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use perennial::continual::{
-    run_stream, Agem, Classifier, Ewc, Naive, Replay, RunSettings, Strategy,
+    run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, Naive, Replay, RunRecord, RunSettings,
+    Strategy, SPEED_POINTS,
 };
 use perennial::data::mnist::Mnist;
 use perennial::data::paths;
@@ -18,9 +18,9 @@ use crate::cli::ContinualArgs;
 use crate::progress::bar;
 
 /// The strategies `continual` runs today.
-pub const STRATEGIES: &[&str] = &["naive", "er", "ewc", "agem"];
+pub const STRATEGIES: &[&str] = &["naive", "joint", "er", "ewc", "agem"];
 /// Strategies of the plan (issue #4) that are not implemented yet.
-const PLANNED: &[&str] = &["joint", "mer", "oml", "lamaml", "perennial"];
+const PLANNED: &[&str] = &["mer", "oml", "lamaml", "perennial"];
 
 /// Runs `perennial continual`.
 pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
@@ -30,6 +30,7 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
     }
     let mut strategy: Box<dyn Strategy> = match a.strategy.as_str() {
         "naive" => Box::new(Naive),
+        "joint" => Box::new(Joint::new(a.seed)),
         "er" => Box::new(Replay::new(a.buffer, a.seed)?),
         "ewc" => Box::new(Ewc::new(a.ewc_lambda, a.batch)?),
         "agem" => Box::new(Agem::new(a.memory_per_task, a.agem_sample, a.seed)?),
@@ -86,44 +87,22 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
             out.display()
         );
     }
-    let data = paths::data_dir(a.data.data_dir.as_deref());
-    let train = Arc::new(Mnist::load(&data, "train")?);
-    let test = Arc::new(Mnist::load(&data, "t10k")?);
-    let stream = Stream::new(name, scenario, spec.clone(), train, test)?;
-    let mut model = Classifier::new(&sizes, a.lr, a.seed)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-
-    let total: usize = (0..stream.len())
-        .map(|t| {
-            stream
-                .examples(t, perennial::data::stream::Part::Train)
-                .div_ceil(a.batch)
-        })
-        .sum();
-    let pb = bar(total as u64, strategy.name(), quiet);
-    let t0 = Instant::now();
-    let matrix = run_stream(
-        strategy.as_mut(),
-        &mut model,
-        &stream,
-        &settings,
-        &mut |t, _, _| {
-            pb.inc(1);
-            pb.set_message(format!("task {}/{}", t + 1, stream.len()));
-        },
-    )?;
-    pb.finish_and_clear();
-    let wall_s = t0.elapsed().as_secs_f64();
-    let m = matrix.metrics();
-
-    let result = serde_json::json!({
-        "acc": m.acc,
-        "bwt": m.bwt,
-        "fwt": m.fwt,
-        "forgetting": m.forgetting,
-        "matrix": matrix.r,
-        "baseline": matrix.baseline,
-        "seen_accuracy": matrix.seen_accuracy(),
+    let checkpoints = Checkpoints::new(out);
+    if checkpoints.exists() && !a.resume {
+        bail!(
+            "{}: holds an unfinished run (checkpoint/); pass --resume to continue it, or \
+             choose another --out",
+            out.display()
+        );
+    }
+    if a.resume && !checkpoints.exists() {
+        bail!(
+            "--resume: {} holds no checkpoint to resume from",
+            out.display()
+        );
+    }
+    // Everything that decides the run's numbers; a resume must match it.
+    let config = serde_json::json!({
         "stream": name.as_str(),
         "scenario": scenario,
         "strategy": strategy.name(),
@@ -135,9 +114,81 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         "ewc_lambda": (a.strategy == "ewc").then_some(a.ewc_lambda),
         "memory_per_task": (a.strategy == "agem").then_some(a.memory_per_task),
         "agem_sample": (a.strategy == "agem").then_some(a.agem_sample),
+    });
+    let data = paths::data_dir(a.data.data_dir.as_deref());
+    let train = Arc::new(Mnist::load(&data, "train")?);
+    let test = Arc::new(Mnist::load(&data, "t10k")?);
+    let stream = Stream::new(name, scenario, spec.clone(), train, test)?;
+    let mut model = Classifier::new(&sizes, a.lr, a.seed)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let record = if a.resume {
+        let r = checkpoints
+            .restore(&config, &mut model, strategy.as_mut())
+            .with_context(|| format!("cannot resume {}", out.display()))?;
+        tracing::info!(
+            "resuming {} after task {} of {}",
+            out.display(),
+            r.record.tasks_done(),
+            stream.len()
+        );
+        r.record
+    } else {
+        RunRecord::default()
+    };
+
+    let batches = |t: usize| {
+        stream
+            .examples(t, perennial::data::stream::Part::Train)
+            .div_ceil(a.batch)
+    };
+    let total: usize = (0..stream.len()).map(batches).sum();
+    let done: usize = (0..record.tasks_done()).map(batches).sum();
+    let pb = bar(total as u64, strategy.name(), quiet);
+    pb.set_position(done as u64);
+    let record = run_stream(
+        strategy.as_mut(),
+        &mut model,
+        &stream,
+        &settings,
+        record,
+        &mut |r, m, s| checkpoints.save(&config, r, m, s),
+        &mut |t, _, _| {
+            pb.inc(1);
+            pb.set_message(format!("task {}/{}", t + 1, stream.len()));
+        },
+    )?;
+    pb.finish_and_clear();
+    let wall_s = record.wall_s;
+    let matrix = record.matrix()?;
+    let m = matrix.metrics();
+    let speed = record.mean_speed();
+    let speed_asked: Vec<String> = SPEED_POINTS
+        .iter()
+        .map(|k| k.to_string())
+        .chain(["all".to_string()])
+        .collect();
+
+    let mut result = config.clone();
+    let extra = serde_json::json!({
+        "acc": m.acc,
+        "bwt": m.bwt,
+        "fwt": m.fwt,
+        "forgetting": m.forgetting,
+        "matrix": matrix.r,
+        "baseline": matrix.baseline,
+        "seen_accuracy": matrix.seen_accuracy(),
+        "learning_speed": {
+            "examples": speed_asked,
+            "mean_accuracy": speed,
+            "tasks": record.speed,
+        },
+        "seed": a.seed,
         "wall_s": wall_s,
         "peak_rss_mb": super::bench::peak_rss_mb(),
     });
+    if let (Some(r), Some(e)) = (result.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
     write(&out.join("matrix.csv"), &matrix.to_csv())?;
     let names: Vec<String> = (0..stream.len()).map(|t| format!("{t}")).collect();
     let title = format!("{} on {} ({:?})", strategy.name(), name.as_str(), scenario);
@@ -174,6 +225,8 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         &out.join("result.json"),
         &serde_json::to_string_pretty(&result)?,
     )?;
+    // A finished run needs no checkpoint.
+    let _ = std::fs::remove_dir_all(out.join("checkpoint"));
     if a.json {
         let line = serde_json::json!({
             "acc": m.acc, "bwt": m.bwt, "fwt": m.fwt, "forgetting": m.forgetting,
@@ -191,6 +244,17 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
             stream.len(),
             wall_s,
             out.display()
+        );
+        let curve: Vec<String> = speed_asked
+            .iter()
+            .zip(&speed)
+            .map(|(k, v)| format!("{k}: {:.2}%", 100.0 * v))
+            .collect();
+        println!(
+            "learning speed (mean accuracy on the task being learnt, after examples; \
+             measured at batch ends, batch {}): {}",
+            a.batch,
+            curve.join("  ")
         );
     }
     Ok(())

@@ -5,6 +5,7 @@ mod bench;
 mod continual;
 mod download;
 mod eval;
+mod report;
 mod train;
 
 use std::path::Path;
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Download(a) => download::download(a, quiet),
         Command::Bench(a) => bench::bench(a),
         Command::Continual(a) => continual::continual(a, quiet),
+        Command::Report(a) => report::report(a),
     }
 }
 

@@ -185,6 +185,56 @@ pub trait Strategy {
     ) -> Result<()> {
         Ok(())
     }
+
+    /// What the strategy carries from one task to the next (buffers, penalties,
+    /// generator states), for a checkpoint between tasks. Stateless strategies keep
+    /// the default, an empty state.
+    fn state(&self) -> StrategyState {
+        StrategyState::default()
+    }
+
+    /// Restores a state [`Strategy::state`] returned, so that the rest of the stream
+    /// runs exactly as it would have without the interruption.
+    fn restore(&mut self, _state: StrategyState) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A strategy's state between tasks: named tensors and everything else as JSON.
+#[derive(Debug, Default)]
+pub struct StrategyState {
+    /// Named tensors (EWC's anchors and Fisher diagonals).
+    pub tensors: Vec<(String, Tensor)>,
+    /// Everything else: buffers, counters, generator states.
+    pub meta: serde_json::Value,
+}
+
+impl StrategyState {
+    /// A state with JSON only.
+    pub fn meta(meta: serde_json::Value) -> Self {
+        StrategyState {
+            tensors: Vec::new(),
+            meta,
+        }
+    }
+
+    /// Deserialises field `key` of the JSON part, with an error naming it.
+    pub fn field<T: serde::de::DeserializeOwned>(&self, strategy: &str, key: &str) -> Result<T> {
+        let v = self.meta.get(key).cloned().ok_or_else(|| {
+            Error::config(
+                "strategy state",
+                format!("{strategy}.{key}"),
+                "missing from the checkpoint",
+            )
+        })?;
+        serde_json::from_value(v).map_err(|e| {
+            Error::config(
+                "strategy state",
+                format!("{strategy}.{key}"),
+                format!("unreadable in the checkpoint: {e}"),
+            )
+        })
+    }
 }
 
 /// Naive fine-tuning: SGD on the current batch only (the lower bound).
@@ -261,6 +311,90 @@ impl Strategy for Replay {
         }
         Ok(value)
     }
+
+    fn state(&self) -> StrategyState {
+        StrategyState::meta(serde_json::json!({ "buffer": self.buffer }))
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        let buffer: super::Reservoir<(usize, usize)> = state.field("er", "buffer")?;
+        if buffer.capacity() != self.buffer.capacity() {
+            return Err(Error::config(
+                "--buffer",
+                self.buffer.capacity(),
+                format!("the checkpoint's buffer holds {}", buffer.capacity()),
+            ));
+        }
+        self.buffer = buffer;
+        Ok(())
+    }
+}
+
+/// Joint training, the upper bound of a one-pass stream: the same examples and the same
+/// number of SGD steps as the other strategies, but drawn in one i.i.d. order over the
+/// whole stream instead of task after task. Row `i` of its accuracy matrix is the model
+/// after as many examples as the tasks `0..=i` hold, taken from every task at once, so
+/// its last row is a model trained jointly on everything.
+#[derive(Debug)]
+pub struct Joint {
+    seed: u64,
+    order: Vec<(usize, usize)>,
+    position: usize,
+}
+
+impl Joint {
+    /// Joint training in an order drawn from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Joint {
+            seed,
+            order: Vec::new(),
+            position: 0,
+        }
+    }
+
+    fn ensure_order(&mut self, stream: &Stream) {
+        if self.order.is_empty() {
+            self.order = (0..stream.len())
+                .flat_map(|t| (0..stream.examples(t, Part::Train)).map(move |i| (t, i)))
+                .collect();
+            crate::data::Rng::for_item(self.seed, JOINT_STREAM, 0).shuffle(&mut self.order);
+        }
+    }
+}
+
+/// The generator stream of [`Joint`]'s order.
+const JOINT_STREAM: u64 = 0x004A_4F49_4E54;
+
+impl Strategy for Joint {
+    fn name(&self) -> &'static str {
+        "joint"
+    }
+
+    fn observe(
+        &mut self,
+        model: &mut Classifier,
+        stream: &Stream,
+        _task: usize,
+        range: Range<usize>,
+    ) -> Result<f64> {
+        self.ensure_order(stream);
+        let end = (self.position + range.len()).min(self.order.len());
+        let items = &self.order[self.position..end];
+        self.position = end;
+        match memory_loss(model, stream, items) {
+            Some(loss) => Ok(model.sgd_step(&loss)),
+            None => Ok(0.0),
+        }
+    }
+
+    fn state(&self) -> StrategyState {
+        StrategyState::meta(serde_json::json!({ "position": self.position }))
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        self.position = state.field("joint", "position")?;
+        Ok(())
+    }
 }
 
 /// Settings of a run over a stream.
@@ -272,38 +406,129 @@ pub struct RunSettings {
     pub test_examples: Option<usize>,
 }
 
-/// Runs `strategy` over `stream` with `model` and returns the accuracy matrix, with
-/// the untrained model's accuracies as its baseline. `progress` is called after every
+/// The numbers of training examples after which [`run_stream`] measures each task's
+/// accuracy while learning it (learning speed); the last point is the whole task.
+pub const SPEED_POINTS: [usize; 3] = [0, 1, 5];
+
+/// One learning-speed measurement: the accuracy on a task's test examples after
+/// `seen` of its training examples, the first batch boundary at or past `asked`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SpeedPoint {
+    /// The number of examples asked for (0, 1, 5, or the task's size).
+    pub asked: usize,
+    /// The number of examples actually seen (a whole number of batches).
+    pub seen: usize,
+    /// Accuracy on the task's test examples, in `[0, 1]`.
+    pub accuracy: f64,
+}
+
+/// Everything a run over a stream has measured so far; the state [`run_stream`]
+/// resumes from.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunRecord {
+    /// The untrained model's accuracy on every task (for forward transfer).
+    pub baseline: Vec<f64>,
+    /// Row `i`: accuracy on every task after training on tasks `0..=i`.
+    pub rows: Vec<Vec<f64>>,
+    /// For every task learnt, its accuracy after 0, 1, 5 and all of its examples.
+    pub speed: Vec<Vec<SpeedPoint>>,
+    /// Seconds spent in training and testing, over all sessions of the run.
+    pub wall_s: f64,
+}
+
+impl RunRecord {
+    /// The tasks learnt so far.
+    pub fn tasks_done(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The accuracy matrix of a finished run, with its baseline.
+    pub fn matrix(&self) -> Result<AccuracyMatrix> {
+        AccuracyMatrix::new(self.rows.clone(), Some(self.baseline.clone()))
+    }
+
+    /// The mean learning-speed accuracy at each point (0, 1, 5, all examples) over
+    /// the tasks learnt.
+    pub fn mean_speed(&self) -> Vec<f64> {
+        let n = self.speed.len().max(1) as f64;
+        (0..SPEED_POINTS.len() + 1)
+            .map(|k| {
+                self.speed
+                    .iter()
+                    .filter_map(|s| s.get(k))
+                    .map(|p| p.accuracy)
+                    .sum::<f64>()
+                    / n
+            })
+            .collect()
+    }
+}
+
+/// Runs `strategy` over `stream` with `model`, from the start (`record` empty) or
+/// from where a checkpointed run stopped (`record`, with the model and the strategy
+/// restored to their state after its last task), and returns the finished record.
+///
+/// After the untrained baseline and after every task, `task_done` gets the record,
+/// the model and the strategy (to write a checkpoint); `progress` is called after every
 /// batch with (task, batches done in it, batches in it).
 pub fn run_stream(
     strategy: &mut dyn Strategy,
     model: &mut Classifier,
     stream: &Stream,
     settings: &RunSettings,
+    mut record: RunRecord,
+    task_done: &mut dyn FnMut(&RunRecord, &Classifier, &dyn Strategy) -> Result<()>,
     progress: &mut dyn FnMut(usize, usize, usize),
-) -> Result<AccuracyMatrix> {
+) -> Result<RunRecord> {
     if settings.batch == 0 {
         return Err(Error::config("--batch", 0, "must be at least 1"));
     }
-    let test_all = |model: &Classifier| -> Vec<f64> {
-        (0..stream.len())
-            .map(|j| {
-                let n = stream.examples(j, Part::Test);
-                let n = settings.test_examples.map_or(n, |k| k.min(n));
-                let (x, y) = stream.batch(j, Part::Test, 0..n);
-                let (x, y) = tensors(&x, &y);
-                model.accuracy(&x, &y, stream.mask(j))
-            })
-            .collect()
+    let tasks = stream.len();
+    if record.rows.len() > tasks
+        || record.speed.len() != record.rows.len()
+        || (!record.rows.is_empty() && record.baseline.len() != tasks)
+    {
+        return Err(Error::config(
+            "run record",
+            format!("{} rows", record.rows.len()),
+            format!("does not fit a stream of {tasks} tasks"),
+        ));
+    }
+    let test_one = |model: &Classifier, j: usize| -> f64 {
+        let n = stream.examples(j, Part::Test);
+        let n = settings.test_examples.map_or(n, |k| k.min(n));
+        let (x, y) = stream.batch(j, Part::Test, 0..n);
+        let (x, y) = tensors(&x, &y);
+        model.accuracy(&x, &y, stream.mask(j))
     };
-    let baseline = test_all(model);
-    let mut rows = Vec::with_capacity(stream.len());
-    for t in 0..stream.len() {
+    let test_all =
+        |model: &Classifier| -> Vec<f64> { (0..tasks).map(|j| test_one(model, j)).collect() };
+    let mut clock = std::time::Instant::now();
+    let mut tick = |record: &mut RunRecord| {
+        record.wall_s += clock.elapsed().as_secs_f64();
+        clock = std::time::Instant::now();
+    };
+    if record.rows.is_empty() {
+        record.baseline = test_all(model);
+        tick(&mut record);
+        task_done(&record, model, strategy)?;
+    }
+    for t in record.rows.len()..tasks {
         strategy.before_task(model, stream, t)?;
         let n = stream.examples(t, Part::Train);
         let batches = n.div_ceil(settings.batch);
+        let before = match t {
+            0 => record.baseline[t],
+            _ => record.rows[t - 1][t],
+        };
+        let mut speed = vec![SpeedPoint {
+            asked: 0,
+            seen: 0,
+            accuracy: before,
+        }];
         for b in 0..batches {
             let range = b * settings.batch..((b + 1) * settings.batch).min(n);
+            let seen = range.end;
             let loss = strategy.observe(model, stream, t, range)?;
             if !loss.is_finite() {
                 return Err(Error::config(
@@ -315,10 +540,28 @@ pub fn run_stream(
                     ),
                 ));
             }
+            // Learning speed: the first batch boundary at or past each point.
+            let due: Vec<usize> = SPEED_POINTS[1..]
+                .iter()
+                .copied()
+                .chain([n])
+                .filter(|&k| seen >= k.min(n) && !speed.iter().any(|p| p.asked == k))
+                .collect();
+            if !due.is_empty() {
+                let accuracy = test_one(model, t);
+                speed.extend(due.into_iter().map(|asked| SpeedPoint {
+                    asked,
+                    seen,
+                    accuracy,
+                }));
+            }
             progress(t, b + 1, batches);
         }
         strategy.after_task(model, stream, t)?;
-        rows.push(test_all(model));
+        record.rows.push(test_all(model));
+        record.speed.push(speed);
+        tick(&mut record);
+        task_done(&record, model, strategy)?;
     }
-    AccuracyMatrix::new(rows, Some(baseline))
+    Ok(record)
 }

@@ -5,16 +5,22 @@
 //!   forgetting and learning speed, from one accuracy matrix.
 //! * [`reservoir`]: a reservoir-sampling buffer, the memory of experience replay.
 //! * [`learner`]: the classifier a strategy trains, the [`Strategy`] interface with
-//!   naive fine-tuning and experience replay, and [`run_stream`], which runs a strategy
+//!   naive fine-tuning, joint training and experience replay, and [`run_stream`], which runs a strategy
 //!   over a stream and fills the accuracy matrix.
 //! * [`strategies`]: EWC and A-GEM.
+//! * [`checkpoint`]: checkpoints between tasks, so a killed run resumes.
 
+pub mod checkpoint;
 pub mod learner;
 pub mod metrics;
 pub mod reservoir;
 pub mod strategies;
 
-pub use learner::{run_stream, Classifier, Naive, Replay, RunSettings, Strategy};
+pub use checkpoint::Checkpoints;
+pub use learner::{
+    run_stream, Classifier, Joint, Naive, Replay, RunRecord, RunSettings, SpeedPoint, Strategy,
+    StrategyState, SPEED_POINTS,
+};
 pub use metrics::{AccuracyMatrix, Metrics};
 pub use reservoir::Reservoir;
 pub use strategies::{Agem, Ewc};

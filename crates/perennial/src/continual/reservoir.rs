@@ -6,8 +6,9 @@
 
 use crate::data::Rng;
 
-/// A fixed-capacity uniform sample of a stream of items.
-#[derive(Debug, Clone)]
+/// A fixed-capacity uniform sample of a stream of items. It serialises with its
+/// generator's state, so a restored buffer makes the same draws as the original.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reservoir<T> {
     capacity: usize,
     seen: u64,

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use tch::{Kind, Tensor};
 
-use super::learner::{memory_loss, task_loss, Classifier, Strategy};
+use super::learner::{memory_loss, task_loss, Classifier, Strategy, StrategyState};
 use crate::data::stream::{Part, Stream};
 use crate::data::Rng;
 use crate::error::{Error, Result};
@@ -97,6 +97,49 @@ impl Strategy for Ewc {
             .map(|p| p.detach().copy())
             .collect();
         self.anchors.push((anchor, fisher));
+        Ok(())
+    }
+
+    fn state(&self) -> StrategyState {
+        let mut tensors = Vec::new();
+        for (t, (anchor, fisher)) in self.anchors.iter().enumerate() {
+            for (i, (a, f)) in anchor.iter().zip(fisher).enumerate() {
+                tensors.push((format!("anchor.{t}.{i}"), a.shallow_clone()));
+                tensors.push((format!("fisher.{t}.{i}"), f.shallow_clone()));
+            }
+        }
+        StrategyState {
+            tensors,
+            meta: serde_json::json!({ "tasks": self.anchors.len() }),
+        }
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        let tasks: usize = state.field("ewc", "tasks")?;
+        let find = |name: String| -> Result<Tensor> {
+            state
+                .tensors
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| t.shallow_clone())
+                .ok_or_else(|| Error::config("strategy state", name, "missing from the checkpoint"))
+        };
+        let per_task = state
+            .tensors
+            .iter()
+            .filter(|(n, _)| n.starts_with("anchor.0."))
+            .count();
+        let mut anchors = Vec::with_capacity(tasks);
+        for t in 0..tasks {
+            let mut anchor = Vec::with_capacity(per_task);
+            let mut fisher = Vec::with_capacity(per_task);
+            for i in 0..per_task {
+                anchor.push(find(format!("anchor.{t}.{i}"))?);
+                fisher.push(find(format!("fisher.{t}.{i}"))?);
+            }
+            anchors.push((anchor, fisher));
+        }
+        self.anchors = anchors;
         Ok(())
     }
 }
@@ -193,6 +236,16 @@ impl Strategy for Agem {
         let mut picked = self.rng.choose_distinct(n, k);
         picked.sort_unstable();
         self.memory.extend(picked.into_iter().map(|i| (task, i)));
+        Ok(())
+    }
+
+    fn state(&self) -> StrategyState {
+        StrategyState::meta(serde_json::json!({ "memory": self.memory, "rng": self.rng }))
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        self.memory = state.field("agem", "memory")?;
+        self.rng = state.field("agem", "rng")?;
         Ok(())
     }
 }

@@ -1,0 +1,296 @@
+//! `perennial report RUN_DIR...`: finished `continual` runs side by side, one table
+//! and one plot; runs that differ only in their seed are also summarised as a group
+//! (mean ± sample standard deviation).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use perennial::plot::{line_plot, Series, Style};
+use serde_json::Value;
+
+use crate::cli::ReportArgs;
+
+/// The settings that make two runs comparable; the seed (also in `spec`) is left out.
+const GROUP_KEYS: &[&str] = &[
+    "stream",
+    "scenario",
+    "strategy",
+    "spec",
+    "batch",
+    "lr",
+    "network",
+    "buffer",
+    "ewc_lambda",
+    "memory_per_task",
+    "agem_sample",
+];
+
+/// The numbers compared.
+const MEASURES: &[&str] = &["acc", "bwt", "fwt", "forgetting", "wall_s"];
+
+/// One finished run.
+struct Run {
+    dir: PathBuf,
+    result: Value,
+}
+
+impl Run {
+    fn load(dir: &Path) -> Result<Run> {
+        let p = dir.join("result.json");
+        if !p.is_file() {
+            let why = if dir.join("checkpoint").is_dir() {
+                "an unfinished run (resume it with `perennial continual ... --resume`)"
+            } else {
+                "not a continual run directory"
+            };
+            bail!("{}: {why}: no result.json", dir.display());
+        }
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let result: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: corrupt result file", p.display()))?;
+        for k in ["acc", "matrix", "stream", "strategy"] {
+            if result.get(k).is_none() {
+                bail!("{}: corrupt result file: no \"{k}\"", p.display());
+            }
+        }
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            result,
+        })
+    }
+
+    fn num(&self, key: &str) -> Option<f64> {
+        self.result.get(key).and_then(Value::as_f64)
+    }
+
+    fn text(&self, key: &str) -> String {
+        match self.result.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => "-".into(),
+            Some(v) => v.to_string(),
+        }
+    }
+
+    fn seed(&self) -> Option<u64> {
+        self.result
+            .get("seed")
+            .or_else(|| self.result.get("spec").and_then(|s| s.get("seed")))
+            .and_then(Value::as_u64)
+    }
+
+    /// The group key: every setting but the seed.
+    fn key(&self) -> Value {
+        let mut key = serde_json::Map::new();
+        for &k in GROUP_KEYS {
+            let mut v = self.result.get(k).cloned().unwrap_or(Value::Null);
+            if let Some(spec) = v.as_object_mut() {
+                spec.remove("seed");
+            }
+            key.insert(k.into(), v);
+        }
+        Value::Object(key)
+    }
+
+    /// The strategy with its distinguishing setting, e.g. `er (buffer 200)`.
+    fn label(&self) -> String {
+        let strategy = self.text("strategy");
+        let param = [
+            ("buffer", "buffer"),
+            ("ewc_lambda", "λ"),
+            ("memory_per_task", "memory/task"),
+        ]
+        .iter()
+        .find_map(|(k, name)| {
+            self.result
+                .get(*k)
+                .filter(|v| !v.is_null())
+                .map(|v| format!(" ({name} {v})"))
+        })
+        .unwrap_or_default();
+        format!("{strategy}{param}")
+    }
+
+    fn seen(&self) -> Vec<f64> {
+        self.result
+            .get("seen_accuracy")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{:.2}", 100.0 * v))
+}
+
+/// Runs `perennial report`.
+pub fn report(a: ReportArgs) -> Result<()> {
+    let runs: Vec<Run> = a.runs.iter().map(|d| Run::load(d)).collect::<Result<_>>()?;
+    // Groups in order of first appearance.
+    let mut groups: Vec<(Value, Vec<usize>)> = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        let key = r.key();
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((key, vec![i])),
+        }
+    }
+    if a.json {
+        for r in &runs {
+            let mut line = serde_json::json!({
+                "run": r.dir.display().to_string(),
+                "stream": r.text("stream"),
+                "scenario": r.text("scenario"),
+                "strategy": r.label(),
+                "seed": r.seed(),
+            });
+            for &m in MEASURES {
+                line[m] = r.num(m).map_or(Value::Null, Value::from);
+            }
+            println!("{line}");
+        }
+    } else {
+        println!(
+            "{:<28} {:<15} {:<19} {:<24} {:>4} {:>7} {:>7} {:>7} {:>7} {:>8}",
+            "run",
+            "stream",
+            "scenario",
+            "strategy",
+            "seed",
+            "ACC %",
+            "BWT",
+            "FWT",
+            "forget",
+            "wall s"
+        );
+        for r in &runs {
+            let dir = r.dir.display().to_string();
+            let dir = if dir.chars().count() > 28 {
+                let tail: String = dir
+                    .chars()
+                    .rev()
+                    .take(27)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                format!("…{tail}")
+            } else {
+                dir
+            };
+            println!(
+                "{:<28} {:<15} {:<19} {:<24} {:>4} {:>7} {:>7} {:>7} {:>7} {:>8}",
+                dir,
+                r.text("stream"),
+                r.text("scenario"),
+                r.label(),
+                r.seed().map_or("-".into(), |s| s.to_string()),
+                pct(r.num("acc")),
+                pct(r.num("bwt")),
+                pct(r.num("fwt")),
+                pct(r.num("forgetting")),
+                r.num("wall_s").map_or("-".into(), |w| format!("{w:.1}")),
+            );
+        }
+    }
+    let multi: Vec<&(Value, Vec<usize>)> = groups.iter().filter(|(_, m)| m.len() > 1).collect();
+    if !multi.is_empty() && !a.json {
+        println!();
+        println!(
+            "{:<15} {:<19} {:<24} {:>5} {:>13} {:>13} {:>13} {:>13} {:>12}",
+            "stream", "scenario", "strategy", "runs", "ACC %", "BWT", "FWT", "forget", "wall s"
+        );
+    }
+    for (_, members) in &multi {
+        let first = &runs[members[0]];
+        let stats: Vec<Option<(f64, f64)>> = MEASURES
+            .iter()
+            .map(|&m| {
+                let v: Vec<f64> = members.iter().filter_map(|&i| runs[i].num(m)).collect();
+                (v.len() == members.len()).then(|| mean_std(&v))
+            })
+            .collect();
+        if a.json {
+            let mut line = serde_json::json!({
+                "group": first.key(),
+                "strategy": first.label(),
+                "runs": members.len(),
+                "seeds": members.iter().map(|&i| runs[i].seed()).collect::<Vec<_>>(),
+            });
+            for (&m, s) in MEASURES.iter().zip(&stats) {
+                line[m] = s.map_or(
+                    Value::Null,
+                    |(mean, std)| serde_json::json!({"mean": mean, "std": std}),
+                );
+            }
+            println!("{line}");
+        } else {
+            let cell = |k: usize| {
+                stats[k].map_or("n/a".into(), |(mean, std)| {
+                    if MEASURES[k] == "wall_s" {
+                        format!("{mean:.1} ± {std:.1}")
+                    } else {
+                        format!("{:.2} ± {:.2}", 100.0 * mean, 100.0 * std)
+                    }
+                })
+            };
+            println!(
+                "{:<15} {:<19} {:<24} {:>5} {:>13} {:>13} {:>13} {:>13} {:>12}",
+                first.text("stream"),
+                first.text("scenario"),
+                first.label(),
+                members.len(),
+                cell(0),
+                cell(1),
+                cell(2),
+                cell(3),
+                cell(4),
+            );
+        }
+    }
+    if let Some(path) = &a.plot {
+        let series: Vec<Series> = groups
+            .iter()
+            .map(|(_, members)| {
+                let curves: Vec<Vec<f64>> = members.iter().map(|&i| runs[i].seen()).collect();
+                let len = curves.iter().map(Vec::len).min().unwrap_or(0);
+                let points = (0..len)
+                    .map(|t| {
+                        let v: Vec<f64> = curves.iter().map(|c| c[t]).collect();
+                        ((t + 1) as f64, mean_std(&v).0)
+                    })
+                    .collect();
+                let first = &runs[members[0]];
+                let name = if members.len() > 1 {
+                    format!("{} ×{}", first.label(), members.len())
+                } else {
+                    first.label()
+                };
+                Series::new(name, points, Style::Line)
+            })
+            .collect();
+        let svg = line_plot(
+            "Mean accuracy on the tasks seen so far",
+            "tasks learnt",
+            "accuracy (mean over runs of a group)",
+            &series,
+        );
+        std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+        if !a.json {
+            println!("\nplot written to {}", path.display());
+        }
+    }
+    Ok(())
+}

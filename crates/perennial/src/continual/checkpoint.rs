@@ -1,0 +1,196 @@
+//! Checkpoints of a run over a stream, written after the untrained baseline and after
+//! every task, so that a killed run resumes at the next task and ends with the same
+//! accuracy matrix as an uninterrupted one.
+//!
+//! ```text
+//! RUN_DIR/checkpoint/state.json               the run's config, its record so far,
+//!                                             the strategy's JSON state
+//! RUN_DIR/checkpoint/model-K.safetensors      the classifier after K tasks
+//! RUN_DIR/checkpoint/strategy-K.safetensors   the strategy's tensors after K tasks
+//! ```
+//!
+//! The tensors of step `K` are written first under new names, then `state.json` is
+//! replaced atomically to point at them, then the files of older steps are removed: a
+//! SIGKILL at any moment leaves `state.json` and the files it names intact.
+
+use std::path::{Path, PathBuf};
+
+use super::learner::{Classifier, RunRecord, Strategy, StrategyState};
+use crate::error::{Error, Result};
+use crate::nn::params::{load_named, save_named};
+
+/// What `state.json` holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedState {
+    /// The run's configuration as the caller described it; a resume must match it.
+    pub config: serde_json::Value,
+    /// Everything measured so far.
+    pub record: RunRecord,
+    /// The JSON part of the strategy's state.
+    pub strategy: serde_json::Value,
+}
+
+/// A restored checkpoint.
+#[derive(Debug)]
+pub struct Restored {
+    /// The saved configuration.
+    pub config: serde_json::Value,
+    /// The record to resume from.
+    pub record: RunRecord,
+}
+
+/// The checkpoint folder of a continual run.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    dir: PathBuf,
+}
+
+impl Checkpoints {
+    /// The checkpoints of run directory `run`.
+    pub fn new(run: &Path) -> Self {
+        Checkpoints {
+            dir: run.join("checkpoint"),
+        }
+    }
+
+    /// The `state.json` path.
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// Whether a checkpoint exists.
+    pub fn exists(&self) -> bool {
+        self.state_path().is_file()
+    }
+
+    fn model_path(&self, k: usize) -> PathBuf {
+        self.dir.join(format!("model-{k}.safetensors"))
+    }
+
+    fn strategy_path(&self, k: usize) -> PathBuf {
+        self.dir.join(format!("strategy-{k}.safetensors"))
+    }
+
+    /// Writes the checkpoint after `record.tasks_done()` tasks.
+    pub fn save(
+        &self,
+        config: &serde_json::Value,
+        record: &RunRecord,
+        model: &Classifier,
+        strategy: &dyn Strategy,
+    ) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::run(&self.dir, e.to_string()))?;
+        let k = record.tasks_done();
+        save_named(&model.params.named(""), &self.model_path(k))?;
+        let state = strategy.state();
+        if !state.tensors.is_empty() {
+            let named: Vec<(String, tch::Tensor)> = state
+                .tensors
+                .iter()
+                .map(|(n, t)| (n.clone(), t.detach()))
+                .collect();
+            save_named(&named, &self.strategy_path(k))?;
+        }
+        let saved = SavedState {
+            config: config.clone(),
+            record: record.clone(),
+            strategy: state.meta,
+        };
+        let text = serde_json::to_string(&saved).expect("state serialises");
+        let path = self.state_path();
+        let tmp = self.dir.join(".state.json.tmp");
+        std::fs::write(&tmp, text).map_err(|e| Error::run(&tmp, e.to_string()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::run(&path, e.to_string()))?;
+        // Older steps are no longer pointed at.
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            let keep = [self.model_path(k), self.strategy_path(k)];
+            for e in entries.flatten() {
+                let p = e.path();
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                let ours = name.starts_with("model-") || name.starts_with("strategy-");
+                if ours && !keep.contains(&p) {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the checkpoint and restores `model` and `strategy` to it. `config` is the
+    /// configuration of the run asked for: a checkpoint of another configuration is
+    /// refused, naming the first setting that differs.
+    pub fn restore(
+        &self,
+        config: &serde_json::Value,
+        model: &mut Classifier,
+        strategy: &mut dyn Strategy,
+    ) -> Result<Restored> {
+        let path = self.state_path();
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::run(&path, e.to_string()))?;
+        let saved: SavedState = serde_json::from_str(&text)
+            .map_err(|e| Error::run(&path, format!("corrupt checkpoint state: {e}")))?;
+        if let Some(diff) = first_difference(&saved.config, config) {
+            return Err(Error::run(
+                &path,
+                format!(
+                    "was written by another configuration ({diff}); resume with the same flags"
+                ),
+            ));
+        }
+        let k = saved.record.tasks_done();
+        let named = load_named(&self.model_path(k))?;
+        model.params.load_named(&named, "")?;
+        let strategy_file = self.strategy_path(k);
+        let tensors = if strategy_file.is_file() {
+            load_named(&strategy_file)?
+        } else {
+            Vec::new()
+        };
+        strategy.restore(StrategyState {
+            tensors,
+            meta: saved.strategy,
+        })?;
+        Ok(Restored {
+            config: saved.config,
+            record: saved.record,
+        })
+    }
+}
+
+/// The first top-level key whose value differs between two JSON objects, as
+/// `key: saved → asked`.
+fn first_difference(saved: &serde_json::Value, asked: &serde_json::Value) -> Option<String> {
+    match (saved.as_object(), asked.as_object()) {
+        (Some(a), Some(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                let (x, y) = (a.get(k), b.get(k));
+                (x != y).then(|| {
+                    let show = |v: Option<&serde_json::Value>| {
+                        v.map_or("absent".to_string(), |v| v.to_string())
+                    };
+                    format!("{k}: {} → {}", show(x), show(y))
+                })
+            })
+        }
+        _ => (saved != asked).then(|| "the configuration".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_the_key() {
+        let a = serde_json::json!({"lr": 0.1, "seed": 0});
+        let b = serde_json::json!({"lr": 0.1, "seed": 1});
+        assert_eq!(first_difference(&a, &a), None);
+        assert_eq!(first_difference(&a, &b).unwrap(), "seed: 0 → 1");
+        let c = serde_json::json!({"lr": 0.1});
+        assert_eq!(first_difference(&a, &c).unwrap(), "seed: 0 → absent");
+    }
+}
