@@ -340,12 +340,14 @@ pub const EWC_LAMBDA: f64 = 10.0;
 #[derive(Debug, Args)]
 pub struct ContinualArgs {
     /// The stream: permuted-mnist, rotated-mnist (GEM protocol: 20 tasks of 1000
-    /// examples) or split-mnist (5 tasks of two digits).
+    /// examples), split-mnist (5 tasks of two digits), or omniglot-classes (OML / ANML:
+    /// evaluation characters one class at a time, 15 images each; needs --encoder).
     #[arg(long)]
     pub stream: String,
     /// The strategy: naive (fine-tuning), joint (the same examples in one i.i.d. order:
     /// the upper bound), er (experience replay, reservoir buffer), ewc (elastic weight
-    /// consolidation) or agem (averaged GEM).
+    /// consolidation) or agem (averaged GEM); on omniglot-classes, perennial (prototype
+    /// memory with an unknown flag) or naive (an online SGD head).
     #[arg(long, default_value = "naive")]
     pub strategy: String,
     /// Split-MNIST's scenario: task (the task is known at test time) or class.
@@ -386,6 +388,15 @@ pub struct ContinualArgs {
     pub agem_sample: usize,
     #[command(flatten)]
     pub data: DataArgs,
+    /// omniglot-classes: the meta-learned representation, a ProtoNet run trained on
+    /// the background characters (`train protonet --splits lake`).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// omniglot-classes, perennial: an input is flagged unknown when it lies farther
+    /// from every prototype than this quantile of the distances at which the learner
+    /// has seen its own classes' new examples.
+    #[arg(long, default_value_t = 0.95)]
+    pub unknown_quantile: f64,
     /// Run directory: result.json, matrix.csv, matrix.svg, accuracy.svg, and
     /// checkpoint/ while the run is unfinished.
     #[arg(long)]

@@ -986,3 +986,138 @@ fn continual_resumes_after_kill_and_report_compares_runs() {
     report.arg("report").arg(&fresh);
     assert_fails(&run(&mut report), &["corrupt result file"]);
 }
+
+/// The Omniglot class-incremental stream end to end: a (briefly) meta-trained Lake
+/// encoder, the perennial learner over 30 classes with its outputs, and the bad inputs
+/// of this stream.
+#[test]
+fn omniglot_classes_runs_on_a_lake_encoder() {
+    let Some(data) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let enc = dir.path().join("enc");
+    let mut t = bin();
+    t.args([
+        "train",
+        "protonet",
+        "--splits",
+        "lake",
+        "--ways",
+        "5",
+        "--shots",
+        "1",
+        "--queries",
+        "5",
+        "--episodes",
+        "10",
+        "--val-every",
+        "0",
+        "--device",
+        "cpu",
+        "--data-dir",
+    ])
+    .arg(&data)
+    .arg("--out")
+    .arg(&enc);
+    let o = run(&mut t);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let args = |out: &Path, extra: &[&str]| {
+        let mut c = bin();
+        c.args(["continual", "--stream", "omniglot-classes", "--json"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .args(extra);
+        c
+    };
+    let out = dir.path().join("proto");
+    let encoder = enc.to_str().unwrap();
+    let o = run(&mut args(
+        &out,
+        &[
+            "--strategy",
+            "perennial",
+            "--encoder",
+            encoder,
+            "--tasks",
+            "30",
+        ],
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["points"], serde_json::json!([10, 30]));
+    assert_eq!(line["matrix"].as_array().unwrap().len(), 30);
+    let acc = line["acc"].as_f64().unwrap();
+    assert!(acc > 0.3 && acc <= 1.0, "{acc}");
+    for f in ["result.json", "matrix.csv", "accuracy.svg"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["unknown"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        result["learning_speed"]["mean_accuracy"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
+    // Bad input: one clear line each.
+    let bad = |extra: &[&str], want: &[&str]| {
+        assert_fails(&run(&mut args(&dir.path().join("bad"), extra)), want);
+    };
+    bad(&["--strategy", "perennial"], &["needs --encoder"]);
+    bad(
+        &["--strategy", "er", "--encoder", encoder],
+        &["MNIST streams"],
+    );
+    bad(
+        &["--strategy", "oml", "--encoder", encoder],
+        &["not implemented yet"],
+    );
+    bad(
+        &[
+            "--strategy",
+            "perennial",
+            "--encoder",
+            encoder,
+            "--tasks",
+            "700",
+        ],
+        &["--tasks", "659"],
+    );
+    bad(
+        &[
+            "--strategy",
+            "perennial",
+            "--encoder",
+            encoder,
+            "--train-per-task",
+            "20",
+        ],
+        &["none would be left"],
+    );
+    bad(
+        &[
+            "--strategy",
+            "perennial",
+            "--encoder",
+            dir.path().join("none").to_str().unwrap(),
+        ],
+        &["none"],
+    );
+    // An encoder meta-trained on the Vinyals split has seen evaluation characters.
+    let vin = dir.path().join("vin");
+    let o = run(&mut train_cmd(&data, &vin, 5));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    bad(
+        &[
+            "--strategy",
+            "perennial",
+            "--encoder",
+            vin.to_str().unwrap(),
+        ],
+        &["--splits lake"],
+    );
+}

@@ -12,8 +12,10 @@
 //!   prefetching iterator that prepares episodes on a worker thread.
 //! * [`sinusoid`]: Finn et al.'s sinusoid regression tasks, pure in `(seed, index)`.
 //! * [`stream`]: continual-learning task streams (Permuted-, Rotated-, Split-MNIST).
+//! * [`classinc`]: the Omniglot class-incremental stream of OML and ANML.
 //! * [`download`]: fetching the canonical archives with sha256 verification.
 
+pub mod classinc;
 pub mod dataset;
 pub mod download;
 pub mod episode;

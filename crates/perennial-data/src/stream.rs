@@ -72,7 +72,10 @@ impl std::str::FromStr for StreamName {
             _ => Err(Error::invalid(
                 "--stream",
                 s,
-                format!("known streams: {}", StreamName::ALL.join(", ")),
+                format!(
+                    "known streams: {}, omniglot-classes",
+                    StreamName::ALL.join(", ")
+                ),
             )),
         }
     }

@@ -24,6 +24,12 @@ const PLANNED: &[&str] = &["mer", "oml", "lamaml", "perennial"];
 
 /// Runs `perennial continual`.
 pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
+    if a.stream == "omniglot-classes" {
+        return super::classinc::continual_classes(a, quiet);
+    }
+    if a.encoder.is_some() {
+        bail!("--encoder: only the omniglot-classes stream takes a meta-learned encoder");
+    }
     let name: StreamName = a.stream.parse()?;
     if a.batch == 0 {
         bail!("invalid --batch = 0: must be at least 1");
@@ -34,6 +40,10 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         "er" => Box::new(Replay::new(a.buffer, a.seed)?),
         "ewc" => Box::new(Ewc::new(a.ewc_lambda, a.batch)?),
         "agem" => Box::new(Agem::new(a.memory_per_task, a.agem_sample, a.seed)?),
+        "perennial" => bail!(
+            "--strategy perennial runs on omniglot-classes so far; available here: {}",
+            STRATEGIES.join(", ")
+        ),
         s if PLANNED.contains(&s) => bail!(
             "--strategy {s}: not implemented yet; available: {}",
             STRATEGIES.join(", ")
@@ -206,18 +216,11 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
     let seen = matrix.seen_accuracy();
     write(
         &out.join("accuracy.svg"),
-        &line_plot(
+        &curve_plot(
             &format!("Accuracy over the stream: {title}"),
-            "tasks learnt",
-            "mean accuracy on tasks seen",
-            &[Series::new(
-                strategy.name(),
-                seen.iter()
-                    .enumerate()
-                    .map(|(i, &v)| ((i + 1) as f64, v))
-                    .collect(),
-                Style::Line,
-            )],
+            ("tasks learnt", "mean accuracy on tasks seen"),
+            strategy.name(),
+            &seen,
         ),
     )?;
     // result.json last: its presence marks a finished run.
@@ -260,7 +263,23 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+/// A line plot of one curve whose `i`-th value belongs to x = i + 1.
+pub fn curve_plot(title: &str, axes: (&str, &str), name: &str, values: &[f64]) -> String {
+    let points = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| ((i + 1) as f64, v))
+        .collect();
+    line_plot(
+        title,
+        axes.0,
+        axes.1,
+        &[Series::new(name, points, Style::Line)],
+    )
+}
+
+/// Writes `text` to `path` atomically (beside it, then renamed).
+pub fn write(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("partial");
     std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;

@@ -2,6 +2,7 @@
 
 mod adapt;
 mod bench;
+mod classinc;
 mod continual;
 mod download;
 mod eval;

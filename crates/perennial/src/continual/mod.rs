@@ -9,8 +9,11 @@
 //!   over a stream and fills the accuracy matrix.
 //! * [`strategies`]: EWC and A-GEM.
 //! * [`checkpoint`]: checkpoints between tasks, so a killed run resumes.
+//! * [`classinc`]: class-incremental learning one class at a time (the Omniglot protocol
+//!   of OML and ANML), Perennial's prototype-memory learner with its unknown flag.
 
 pub mod checkpoint;
+pub mod classinc;
 pub mod learner;
 pub mod metrics;
 pub mod reservoir;

@@ -61,6 +61,13 @@ impl ProtoNet {
         &self.config
     }
 
+    /// The embedding `[n, d]` of images `x` in evaluation mode (batch norm with its
+    /// running statistics), without gradients: the representation a continual learner
+    /// builds on.
+    pub fn embed_eval(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| self.embed(x, false))
+    }
+
     fn embed(&self, x: &Tensor, train: bool) -> Tensor {
         self.backbone
             .forward(&self.params, Some(&self.buffers), x, train)

@@ -1,0 +1,529 @@
+//! Class-incremental learning one class at a time: the Omniglot protocol of OML and
+//! ANML ([`crate::data::classinc`]). A learner meets class after class, sees each
+//! class's training images once, one image at a time, and is tested on the held-out
+//! images of every class seen so far.
+//!
+//! The learners here work on a fixed, meta-learned representation (the encoder of a
+//! meta-trained Prototypical Network, frozen at meta-test time as OML freezes its
+//! representation network), so [`run_class_stream`] encodes every image of the stream
+//! once and hands the learners feature vectors:
+//!
+//! * [`PrototypeMemory`], Perennial's learner: one prototype per class (the running mean
+//!   of its examples' features), nearest-prototype prediction, and an *unknown* flag for
+//!   inputs farther from every prototype than the learner has seen its own classes'
+//!   examples lie (a quantile of out-of-sample distances, calibrated on the stream itself
+//!   as it learns, with no outside data).
+//! * [`OnlineHead`]: a linear softmax head trained online by SGD on the same features,
+//!   one example at a time (OML's meta-test learner, on a pre-trained representation:
+//!   the *naive* baseline of this stream).
+//!
+//! The record holds the accuracy matrix `R[i][j]` (accuracy on class `j`'s test images,
+//! among all classes known, after learning classes `0..=i`; zero above the diagonal,
+//! where a class is not known yet), the mean accuracy on all seen classes at the
+//! protocol's points (10, 50, 100, 200, 600 classes), learning speed (a class's accuracy
+//! after 0, 1, 5 and all of its images), and the unknown flag's rates.
+
+use tch::{Kind, Tensor};
+
+use super::learner::SpeedPoint;
+use super::metrics::AccuracyMatrix;
+use crate::error::{Error, Result};
+
+/// A learner of classes arriving one at a time, on feature vectors.
+pub trait ClassLearner {
+    /// The learner's name as the CLI spells it.
+    fn name(&self) -> &'static str;
+
+    /// Learns one example (features `[d]`) of class `label`. Classes arrive in order:
+    /// a new class has label equal to the number of classes known.
+    fn learn(&mut self, features: &Tensor, label: usize) -> Result<()>;
+
+    /// Scores `[n, known]` of features `[n, d]` (the highest is the prediction).
+    fn scores(&self, features: &Tensor) -> Tensor;
+
+    /// Whether each input `[n, d]` is far from everything the learner knows (`[n]`
+    /// booleans). The default flags nothing.
+    fn unknown(&self, features: &Tensor) -> Tensor {
+        Tensor::zeros([features.size()[0]], (Kind::Bool, features.device()))
+    }
+
+    /// The number of classes known.
+    fn known(&self) -> usize;
+}
+
+/// Perennial's class-incremental learner: a prototype per class in a fixed
+/// meta-learned embedding, nearest-prototype prediction (squared Euclidean, as the
+/// embedding was trained), and an unknown flag.
+///
+/// Learning a class never changes another class's prototype, so what is learnt is
+/// never overwritten; accuracy on an old class can fall only because newer classes
+/// come to compete with it.
+///
+/// The unknown threshold: when the `n`-th example of a class arrives (`n ≥ 2`), its
+/// squared distance `d` to the class's prototype *before* it is added is an
+/// out-of-sample distance of a known-class input. A prototype of `m` examples lies off
+/// the class's true mean, which adds about `1/m` of the spread to such distances, so
+/// each is recorded as `d · (n−1)/n` (a distance to the class mean), and an input whose
+/// nearest prototype, of `m` examples, is at `d` counts as `d · m/(m+1)`. An input is
+/// flagged unknown when that exceeds the `quantile` of the recorded distances.
+#[derive(Debug)]
+pub struct PrototypeMemory {
+    sums: Vec<Tensor>,
+    counts: Vec<usize>,
+    protos: Option<Tensor>,
+    held_out: Vec<f64>,
+    quantile: f64,
+    threshold: f64,
+}
+
+impl PrototypeMemory {
+    /// An empty memory whose unknown threshold is the `quantile` (in `(0, 1]`) of
+    /// out-of-sample distances.
+    pub fn new(quantile: f64) -> Result<Self> {
+        if !(quantile > 0.0 && quantile <= 1.0) {
+            return Err(Error::config(
+                "--unknown-quantile",
+                quantile,
+                "must be in (0, 1]",
+            ));
+        }
+        Ok(PrototypeMemory {
+            sums: Vec::new(),
+            counts: Vec::new(),
+            protos: None,
+            held_out: Vec::new(),
+            quantile,
+            threshold: f64::INFINITY,
+        })
+    }
+
+    /// The prototypes `[known, d]`.
+    pub fn prototypes(&self) -> Option<&Tensor> {
+        self.protos.as_ref()
+    }
+
+    /// The current unknown threshold (a squared distance; ∞ until calibrated).
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    fn distances(&self, features: &Tensor) -> Option<Tensor> {
+        let p = self.protos.as_ref()?;
+        // ‖x − p‖² = ‖x‖² − 2 x·p + ‖p‖², for all pairs at once.
+        let x2 = features.square().sum_dim_intlist(1, true, Kind::Float);
+        let p2 = p
+            .square()
+            .sum_dim_intlist(1, true, Kind::Float)
+            .transpose(0, 1);
+        Some((x2 - features.matmul(&p.transpose(0, 1)) * 2.0 + p2).clamp_min(0.0))
+    }
+}
+
+impl ClassLearner for PrototypeMemory {
+    fn name(&self) -> &'static str {
+        "perennial"
+    }
+
+    fn learn(&mut self, features: &Tensor, label: usize) -> Result<()> {
+        let f = features.reshape([-1]).to_kind(Kind::Float);
+        match label.cmp(&self.sums.len()) {
+            std::cmp::Ordering::Less => {
+                let m = self.counts[label] as f64;
+                let mean = &self.sums[label] / m;
+                let d = (&f - &mean).square().sum(Kind::Float).double_value(&[]);
+                self.held_out.push(d * m / (m + 1.0));
+                self.sums[label] = &self.sums[label] + &f;
+                self.counts[label] += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                self.sums.push(f.copy());
+                self.counts.push(1);
+            }
+            std::cmp::Ordering::Greater => {
+                return Err(Error::config(
+                    "class label",
+                    label,
+                    format!("classes must arrive in order; {} known", self.sums.len()),
+                ))
+            }
+        }
+        let row = &self.sums[label] / self.counts[label] as f64;
+        self.protos = Some(match self.protos.take() {
+            Some(p) if (label as i64) < p.size()[0] => {
+                p.narrow(0, label as i64, 1).copy_(&row.unsqueeze(0));
+                p
+            }
+            Some(p) => Tensor::cat(&[p, row.unsqueeze(0)], 0),
+            None => row.unsqueeze(0),
+        });
+        if !self.held_out.is_empty() {
+            let mut v = self.held_out.clone();
+            v.sort_by(f64::total_cmp);
+            let k = ((self.quantile * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            self.threshold = v[k - 1];
+        }
+        Ok(())
+    }
+
+    fn scores(&self, features: &Tensor) -> Tensor {
+        match self.distances(features) {
+            Some(d) => -d,
+            None => Tensor::zeros([features.size()[0], 0], (Kind::Float, features.device())),
+        }
+    }
+
+    fn unknown(&self, features: &Tensor) -> Tensor {
+        match self.distances(features) {
+            Some(d) => {
+                let (nearest, which) = d.min_dim(1, false);
+                let m: Vec<f32> = self.counts.iter().map(|&m| m as f32).collect();
+                let m = Tensor::from_slice(&m).index_select(0, &which);
+                (nearest * &m / (m + 1.0)).gt(self.threshold)
+            }
+            None => Tensor::ones([features.size()[0]], (Kind::Bool, features.device())),
+        }
+    }
+
+    fn known(&self) -> usize {
+        self.sums.len()
+    }
+}
+
+/// A linear softmax head over the features, trained online by SGD on each example as it
+/// arrives (cross-entropy over the classes known so far).
+#[derive(Debug)]
+pub struct OnlineHead {
+    weight: Tensor,
+    bias: Tensor,
+    known: usize,
+    lr: f64,
+}
+
+impl OnlineHead {
+    /// A zero-initialised head for up to `max_classes` classes on `dim`-dimensional
+    /// features, with SGD learning rate `lr`.
+    pub fn new(dim: usize, max_classes: usize, lr: f64) -> Result<Self> {
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(Error::config("--lr", lr, "must be positive"));
+        }
+        Ok(OnlineHead {
+            weight: Tensor::zeros(
+                [dim as i64, max_classes as i64],
+                (Kind::Float, tch::Device::Cpu),
+            ),
+            bias: Tensor::zeros([max_classes as i64], (Kind::Float, tch::Device::Cpu)),
+            known: 0,
+            lr,
+        })
+    }
+}
+
+impl ClassLearner for OnlineHead {
+    fn name(&self) -> &'static str {
+        "naive"
+    }
+
+    fn learn(&mut self, features: &Tensor, label: usize) -> Result<()> {
+        let cap = self.bias.size()[0] as usize;
+        if label > self.known || label >= cap {
+            return Err(Error::config(
+                "class label",
+                label,
+                format!(
+                    "classes must arrive in order, at most {cap}; {} known",
+                    self.known
+                ),
+            ));
+        }
+        self.known = self.known.max(label + 1);
+        let k = self.known as i64;
+        let x = features.reshape([1, -1]).to_kind(Kind::Float);
+        let w = self.weight.narrow(1, 0, k);
+        let b = self.bias.narrow(0, 0, k);
+        // Softmax cross-entropy's gradient: (softmax(z) − onehot) for the logits z.
+        let z = x.matmul(&w) + &b;
+        let g = z.softmax(1, Kind::Float);
+        let _ = g.narrow(1, label as i64, 1).g_sub_scalar_(1.0);
+        let _ = self
+            .weight
+            .narrow(1, 0, k)
+            .g_sub_(&(x.transpose(0, 1).matmul(&g) * self.lr));
+        let _ = self
+            .bias
+            .narrow(0, 0, k)
+            .g_sub_(&(g.squeeze_dim(0) * self.lr));
+        Ok(())
+    }
+
+    fn scores(&self, features: &Tensor) -> Tensor {
+        let k = self.known as i64;
+        features
+            .to_kind(Kind::Float)
+            .matmul(&self.weight.narrow(1, 0, k))
+            + self.bias.narrow(0, 0, k)
+    }
+
+    fn known(&self) -> usize {
+        self.known
+    }
+}
+
+/// The rates of the unknown flag at one point of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UnknownRates {
+    /// Classes known when measured.
+    pub classes: usize,
+    /// Fraction of the known classes' test images flagged unknown (false alarms).
+    pub known_flagged: f64,
+    /// Fraction of the next (not yet learnt) classes' test images flagged unknown
+    /// (detections); `None` at the end of the stream.
+    pub novel_flagged: Option<f64>,
+}
+
+/// Everything measured over a class-incremental stream.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClassRunRecord {
+    /// `R[i][j]`: accuracy on class `j`'s test images after learning classes `0..=i`.
+    pub rows: Vec<Vec<f64>>,
+    /// The points (numbers of classes learnt) where accuracy on all seen classes is
+    /// reported.
+    pub points: Vec<usize>,
+    /// Accuracy on the test images of all classes seen, at each point (images
+    /// weighted equally).
+    pub accuracy_at: Vec<f64>,
+    /// For every class, its accuracy after 0, 1, 5 and all of its training images.
+    pub speed: Vec<Vec<SpeedPoint>>,
+    /// The unknown flag's rates at each point.
+    pub unknown: Vec<UnknownRates>,
+    /// Seconds spent encoding, learning and testing.
+    pub wall_s: f64,
+}
+
+impl ClassRunRecord {
+    /// The accuracy matrix (no baseline: an unknown class's accuracy is zero by
+    /// construction, so forward transfer is not defined here).
+    pub fn matrix(&self) -> Result<AccuracyMatrix> {
+        AccuracyMatrix::new(self.rows.clone(), None)
+    }
+}
+
+/// The points of the OML / ANML protocol, cut to a stream of `classes` classes (whose
+/// length is always a point).
+pub fn protocol_points(classes: usize) -> Vec<usize> {
+    let mut p: Vec<usize> = [10, 50, 100, 200, 600]
+        .into_iter()
+        .filter(|&k| k < classes)
+        .collect();
+    p.push(classes);
+    p
+}
+
+/// How many of the next classes' test images measure the unknown flag's detections.
+const NOVEL_CLASSES: usize = 50;
+
+/// Runs `learner` over a class-incremental stream given as encoded features:
+/// `train[c]` `[n_c, d]` and `test[c]` `[m_c, d]` for the class at position `c`.
+/// `progress` is called after each class with (classes done, classes).
+pub fn run_class_stream(
+    learner: &mut dyn ClassLearner,
+    train: &[Tensor],
+    test: &[Tensor],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ClassRunRecord> {
+    let t = train.len();
+    if t == 0 || test.len() != t {
+        return Err(Error::config(
+            "class stream",
+            format!("{t} training and {} test classes", test.len()),
+            "needs the same number of classes, at least one",
+        ));
+    }
+    let clock = std::time::Instant::now();
+    let points = protocol_points(t);
+    let all_test = Tensor::cat(test, 0);
+    let sizes: Vec<i64> = test.iter().map(|x| x.size()[0]).collect();
+    let offsets: Vec<i64> = sizes
+        .iter()
+        .scan(0, |acc, &n| {
+            let o = *acc;
+            *acc += n;
+            Some(o)
+        })
+        .collect();
+    let labels: Vec<i64> = sizes
+        .iter()
+        .enumerate()
+        .flat_map(|(c, &n)| std::iter::repeat_n(c as i64, n as usize))
+        .collect();
+    let labels = Tensor::from_slice(&labels);
+    // Per-class accuracy of the test images of classes 0..known.
+    let row = |learner: &dyn ClassLearner, known: usize| -> Vec<f64> {
+        tch::no_grad(|| {
+            let n = offsets[known - 1] + sizes[known - 1];
+            let x = all_test.narrow(0, 0, n);
+            let hit = learner
+                .scores(&x)
+                .argmax(1, false)
+                .eq_tensor(&labels.narrow(0, 0, n))
+                .to_kind(Kind::Double);
+            let mut r: Vec<f64> = (0..known)
+                .map(|j| {
+                    hit.narrow(0, offsets[j], sizes[j])
+                        .mean(Kind::Double)
+                        .double_value(&[])
+                })
+                .collect();
+            r.resize(t, 0.0);
+            r
+        })
+    };
+    let class_accuracy = |learner: &dyn ClassLearner, c: usize| -> f64 {
+        tch::no_grad(|| {
+            learner
+                .scores(&test[c])
+                .argmax(1, false)
+                .eq_tensor(&Tensor::full(
+                    [sizes[c]],
+                    c as i64,
+                    (Kind::Int64, tch::Device::Cpu),
+                ))
+                .to_kind(Kind::Double)
+                .mean(Kind::Double)
+                .double_value(&[])
+        })
+    };
+    let flagged = |learner: &dyn ClassLearner, x: &Tensor| -> f64 {
+        tch::no_grad(|| {
+            learner
+                .unknown(x)
+                .to_kind(Kind::Double)
+                .mean(Kind::Double)
+                .double_value(&[])
+        })
+    };
+    let mut rows = Vec::with_capacity(t);
+    let mut speed = Vec::with_capacity(t);
+    let mut accuracy_at = Vec::new();
+    let mut unknown = Vec::new();
+    for c in 0..t {
+        let n = train[c].size()[0] as usize;
+        let mut s = vec![SpeedPoint {
+            asked: 0,
+            seen: 0,
+            accuracy: 0.0,
+        }];
+        for i in 0..n {
+            learner.learn(&train[c].get(i as i64), c)?;
+            let seen = i + 1;
+            let due: Vec<usize> = [1, 5, n]
+                .into_iter()
+                .filter(|&k| seen == k.min(n) && !s.iter().any(|p| p.asked == k))
+                .collect();
+            if !due.is_empty() {
+                let accuracy = class_accuracy(learner, c);
+                s.extend(due.into_iter().map(|asked| SpeedPoint {
+                    asked,
+                    seen,
+                    accuracy,
+                }));
+            }
+        }
+        speed.push(s);
+        let r = row(learner, c + 1);
+        if points.contains(&(c + 1)) {
+            let known_n = offsets[c] + sizes[c];
+            let total: f64 = (0..=c).map(|j| r[j] * sizes[j] as f64).sum();
+            accuracy_at.push(total / known_n as f64);
+            let novel = (c + 1 < t).then(|| {
+                let end = (c + 1 + NOVEL_CLASSES).min(t);
+                let x = Tensor::cat(&test[c + 1..end], 0);
+                flagged(learner, &x)
+            });
+            unknown.push(UnknownRates {
+                classes: c + 1,
+                known_flagged: flagged(learner, &all_test.narrow(0, 0, known_n)),
+                novel_flagged: novel,
+            });
+        }
+        rows.push(r);
+        progress(c + 1, t);
+    }
+    Ok(ClassRunRecord {
+        rows,
+        points,
+        accuracy_at,
+        speed,
+        unknown,
+        wall_s: clock.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::from_slice(v)
+    }
+
+    #[test]
+    fn prototypes_are_running_means_and_never_move_for_other_classes() {
+        let mut m = PrototypeMemory::new(1.0).unwrap();
+        m.learn(&t(&[0.0, 0.0]), 0).unwrap();
+        m.learn(&t(&[2.0, 0.0]), 0).unwrap();
+        m.learn(&t(&[10.0, 10.0]), 1).unwrap();
+        let p: Vec<f32> = m.prototypes().unwrap().reshape([-1]).try_into().unwrap();
+        assert_eq!(p, [1.0, 0.0, 10.0, 10.0]);
+        // Out-of-sample distance of the second example of class 0: ‖(2,0) − (0,0)‖² = 4,
+        // from a prototype of one example: recorded as 4 · 1/2.
+        assert_eq!(m.threshold(), 2.0);
+        let x = Tensor::from_slice(&[1.5f32, 0.0, 9.0, 9.0, 50.0, 50.0]).view([3, 2]);
+        let pred: Vec<i64> = m.scores(&x).argmax(1, false).try_into().unwrap();
+        assert_eq!(pred, [0, 1, 1]);
+        let unk: Vec<bool> = m.unknown(&x).try_into().unwrap();
+        assert_eq!(unk, [false, false, true]);
+        assert!(m.learn(&t(&[0.0, 0.0]), 5).is_err());
+        assert!(PrototypeMemory::new(0.0).is_err());
+    }
+
+    #[test]
+    fn the_online_head_learns_and_the_record_is_consistent() {
+        // Three well-separated classes in 2-D, 4 training and 2 test points each.
+        let centre = |c: usize| [(c as f32) * 5.0, 5.0 - c as f32 * 2.0];
+        let pts = |c: usize, n: usize, off: f32| {
+            let [a, b] = centre(c);
+            let v: Vec<f32> = (0..n)
+                .flat_map(|i| [a + off * i as f32, b - off * i as f32])
+                .collect();
+            Tensor::from_slice(&v).view([n as i64, 2])
+        };
+        let train: Vec<Tensor> = (0..3).map(|c| pts(c, 4, 0.1)).collect();
+        let test: Vec<Tensor> = (0..3).map(|c| pts(c, 2, 0.05)).collect();
+        for learner in [
+            Box::new(PrototypeMemory::new(0.95).unwrap()) as Box<dyn ClassLearner>,
+            Box::new(OnlineHead::new(2, 3, 0.5).unwrap()),
+        ] {
+            let mut learner = learner;
+            let r = run_class_stream(learner.as_mut(), &train, &test, &mut |_, _| {}).unwrap();
+            assert_eq!(r.points, [3]);
+            assert_eq!(r.rows.len(), 3);
+            assert_eq!(r.rows[0][1], 0.0, "unknown classes score zero");
+            assert_eq!(
+                r.speed[2].iter().map(|p| p.asked).collect::<Vec<_>>(),
+                [0, 1, 5, 4]
+            );
+            let m = r.matrix().unwrap().metrics();
+            // The newest class is always learnt; the prototypes keep the old ones too.
+            assert_eq!(r.rows[2][2], 1.0, "{} {:?}", learner.name(), r.rows);
+            if learner.name() == "perennial" {
+                assert_eq!(m.acc, 1.0, "{:?}", r.rows);
+                assert_eq!(m.bwt, Some(0.0));
+            }
+            assert_eq!(r.accuracy_at.len(), 1);
+            assert!((r.accuracy_at[0] - m.acc).abs() < 1e-12);
+        }
+        assert_eq!(protocol_points(600), [10, 50, 100, 200, 600]);
+        assert_eq!(protocol_points(120), [10, 50, 100, 120]);
+        assert_eq!(protocol_points(5), [5]);
+    }
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Issue #4's side-by-side with Avalanche: the GEM Permuted-MNIST protocol (20 tasks of
+# 1000 examples, one pass, batch 10, SGD 0.1, MLP 784-100-100-10, every test image), the
+# same strategies and settings in both systems, over a set of seeds.
+#
+#   PEER_PY=../peer-venv/bin/python AVALANCHE_PATH=../aval-site \
+#     bash scripts/continual-vs-avalanche.sh [SEEDS] [STRATEGIES] >> bench/continual-avalanche.jsonl
+#
+# SEEDS default "0 1 2 3 4"; STRATEGIES default "naive ewc agem er". Prints one JSON line
+# per run (ours: "system": "perennial", theirs: "system": "avalanche"), each with ACC, BWT,
+# FWT, forgetting, the matrix and wall_s. Every run has one thread, and two runs go at a
+# time (JOBS, default 2: one per core): all of ours first, then all of Avalanche's, so
+# each run shares the machine with a run of its own system. SYSTEMS (default
+# "perennial avalanche") runs one side alone; lines of the other side are kept. Summarise with
+# scripts/continual_table.py. Our runs go to runs/avalanche-cmp/.
+# Avalanche 0.6.0 goes beside the peer venv without touching it:
+#   ../peer-venv/bin/pip install --no-deps --target ../aval-site -r scripts/avalanche-requirements.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+seeds=${1:-0 1 2 3 4}
+strategies=${2:-naive ewc agem er}
+export PEER_PY=${PEER_PY:-../peer-venv/bin/python}
+export DATA=${PERENNIAL_DATA:-../shared/data}
+export PYTHONPATH=${AVALANCHE_PATH:-../aval-site}${PYTHONPATH:+:$PYTHONPATH}
+cargo build --release --locked -p perennial-cli >&2
+export P=./target/release/perennial
+export root=runs/avalanche-cmp
+systems=${SYSTEMS:-perennial avalanche}
+mkdir -p "$root/lines"
+for system in $systems; do
+  case $system in perennial) rm -f "$root"/lines/1-*;; avalanche) rm -f "$root"/lines/2-*;; esac
+done
+job() {
+  local system=$1 s=$2 seed=$3
+  if [ "$system" = perennial ]; then
+    local out=$root/$s-s$seed
+    rm -rf "$out"
+    $P -q --threads 1 continual --stream permuted-mnist --strategy "$s" --seed "$seed" \
+      --data-dir "$DATA" --out "$out" >&2
+    python3 - "$out/result.json" > "$root/lines/1-$s-$seed" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+keep = ["strategy", "seed", "acc", "bwt", "fwt", "forgetting", "matrix", "baseline", "wall_s", "peak_rss_mb"]
+line = {"system": "perennial", "stream": r["stream"], "threads": 1}
+line.update({k: r[k] for k in keep})
+print(json.dumps(line))
+PY
+  else
+    "$PEER_PY" scripts/avalanche_peer.py --strategy "$s" --seed "$seed" --threads 1 \
+      --data "$DATA" > "$root/lines/2-$s-$seed"
+  fi
+}
+export -f job
+for system in $systems; do
+  for s in $strategies; do for seed in $seeds; do echo "$system $s $seed"; done; done
+done | xargs -P "${JOBS:-2}" -L 1 bash -c 'job "$@"' _
+cat "$root"/lines/1-* "$root"/lines/2-* 2>/dev/null || true
