@@ -11,8 +11,13 @@
 # FWT, forgetting, the matrix and wall_s. Every run has one thread, and two runs go at a
 # time (JOBS, default 2: one per core): all of ours first, then all of Avalanche's, so
 # each run shares the machine with a run of its own system. SYSTEMS (default
-# "perennial avalanche") runs one side alone; lines of the other side are kept. Summarise with
+# "perennial avalanche") runs one side alone. Each run's line is kept in
+# runs/avalanche-cmp/lines/, so a killed comparison resumes where it stopped (delete that
+# folder to start over). Summarise with
 # scripts/continual_table.py. Our runs go to runs/avalanche-cmp/.
+# TIMING=1 instead times each strategy once (the first seed) side by side: Avalanche's
+# run on one core while ours repeats on the other, so both see the same load; the
+# table's time ratio comes from these lines when present.
 # Avalanche 0.6.0 goes beside the peer venv without touching it:
 #   ../peer-venv/bin/pip install --no-deps --target ../aval-site -r scripts/avalanche-requirements.txt
 set -euo pipefail
@@ -28,17 +33,18 @@ export P=./target/release/perennial
 export root=runs/avalanche-cmp
 systems=${SYSTEMS:-perennial avalanche}
 mkdir -p "$root/lines"
-for system in $systems; do
-  case $system in perennial) rm -f "$root"/lines/1-*;; avalanche) rm -f "$root"/lines/2-*;; esac
-done
 job() {
-  local system=$1 s=$2 seed=$3
+  local system=$1 s=$2 seed=$3 n=1
+  [ "$system" = avalanche ] && n=2
+  local line=$root/lines/$n-$s-$seed
+  # Finished runs are kept: a killed comparison resumes where it stopped.
+  [ -s "$line" ] && return 0
   if [ "$system" = perennial ]; then
     local out=$root/$s-s$seed
     rm -rf "$out"
     $P -q --threads 1 continual --stream permuted-mnist --strategy "$s" --seed "$seed" \
       --data-dir "$DATA" --out "$out" >&2
-    python3 - "$out/result.json" > "$root/lines/1-$s-$seed" <<'PY'
+    python3 - "$out/result.json" > "$line.tmp" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 keep = ["strategy", "seed", "acc", "bwt", "fwt", "forgetting", "matrix", "baseline", "wall_s", "peak_rss_mb"]
@@ -48,11 +54,43 @@ print(json.dumps(line))
 PY
   else
     "$PEER_PY" scripts/avalanche_peer.py --strategy "$s" --seed "$seed" --threads 1 \
-      --data "$DATA" > "$root/lines/2-$s-$seed"
+      --data "$DATA" > "$line.tmp"
   fi
+  mv "$line.tmp" "$line"
 }
 export -f job
+if [ -n "${TIMING:-}" ]; then
+  # Timing pairs: one Avalanche run (first seed) on one core while ours repeats on the
+  # other, so both are timed under the same load; ours reports the median of its runs.
+  mkdir -p "$root/timing"
+  seed=${seeds%% *}
+  for s in $strategies; do
+    "$PEER_PY" scripts/avalanche_peer.py --strategy "$s" --seed "$seed" --threads 1 \
+      --data "$DATA" > "$root/timing/2-$s" &
+    pid=$!
+    k=0
+    while kill -0 $pid 2>/dev/null; do
+      k=$((k + 1))
+      rm -rf "$root/timing/$s-$k"
+      $P -q --threads 1 continual --stream permuted-mnist --strategy "$s" --seed "$seed" \
+        --data-dir "$DATA" --out "$root/timing/$s-$k" >&2
+    done
+    wait $pid
+    python3 - "$root/timing" "$s" "$k" <<'PY'
+import json, statistics, sys
+root, s, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+walls = [json.load(open(f"{root}/{s}-{i}/result.json"))["wall_s"] for i in range(1, k + 1)]
+theirs = json.loads(open(f"{root}/2-{s}").read())
+theirs.pop("matrix", None)
+theirs["timing"] = True
+print(json.dumps(theirs))
+print(json.dumps({"system": "perennial", "strategy": s, "seed": theirs["seed"], "timing": True,
+                  "threads": 1, "wall_s": statistics.median(walls), "runs": walls}))
+PY
+  done
+  exit 0
+fi
 for system in $systems; do
   for s in $strategies; do for seed in $seeds; do echo "$system $s $seed"; done; done
-done | xargs -P "${JOBS:-2}" -L 1 bash -c 'job "$@"' _
+done | xargs -P "${JOBS:-2}" -L 1 bash -c 'set -e; job "$@"' _
 cat "$root"/lines/1-* "$root"/lines/2-* 2>/dev/null || true

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     tune_allocator();
     let args = cli::Cli::parse();
     init_logging(args.verbose, args.quiet);
@@ -31,6 +32,18 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`perennial report ... | head`)
+/// would panic; with the default action the program ends quietly, as a Unix tool does.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: resets one signal's disposition to the default, before any other thread
+    // exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -26,12 +26,12 @@ pub const CLASS_STRATEGIES: &[&str] = &["perennial", "naive"];
 pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     match a.strategy.as_str() {
         "perennial" | "naive" => {}
-        "joint" | "er" | "ewc" | "agem" => bail!(
+        "joint" | "er" | "ewc" | "agem" | "mer" => bail!(
             "--strategy {} runs on the MNIST streams; omniglot-classes has: {}",
             a.strategy,
             CLASS_STRATEGIES.join(", ")
         ),
-        "mer" | "oml" | "lamaml" => bail!(
+        "oml" | "lamaml" => bail!(
             "--strategy {}: not implemented yet; available on omniglot-classes: {}",
             a.strategy,
             CLASS_STRATEGIES.join(", ")

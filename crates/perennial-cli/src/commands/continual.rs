@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use perennial::continual::{
-    run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, Naive, Replay, RunRecord, RunSettings,
-    Strategy, SPEED_POINTS,
+    run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, Mer, MerConfig, Naive, Replay,
+    RunRecord, RunSettings, Strategy, SPEED_POINTS,
 };
 use perennial::data::mnist::Mnist;
 use perennial::data::paths;
@@ -18,9 +18,9 @@ use crate::cli::ContinualArgs;
 use crate::progress::bar;
 
 /// The strategies `continual` runs today.
-pub const STRATEGIES: &[&str] = &["naive", "joint", "er", "ewc", "agem"];
+pub const STRATEGIES: &[&str] = &["naive", "joint", "er", "ewc", "agem", "mer"];
 /// Strategies of the plan (issue #4) that are not implemented yet.
-const PLANNED: &[&str] = &["mer", "oml", "lamaml", "perennial"];
+const PLANNED: &[&str] = &["oml", "lamaml"];
 
 /// Runs `perennial continual`.
 pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
@@ -40,6 +40,7 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         "er" => Box::new(Replay::new(a.buffer, a.seed)?),
         "ewc" => Box::new(Ewc::new(a.ewc_lambda, a.batch)?),
         "agem" => Box::new(Agem::new(a.memory_per_task, a.agem_sample, a.seed)?),
+        "mer" => Box::new(Mer::new(mer_config(&a), a.seed)?),
         "perennial" => bail!(
             "--strategy perennial runs on omniglot-classes so far; available here: {}",
             STRATEGIES.join(", ")
@@ -120,10 +121,11 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         "batch": a.batch,
         "lr": a.lr,
         "network": sizes,
-        "buffer": (a.strategy == "er").then_some(a.buffer),
+        "buffer": (a.strategy == "er" || a.strategy == "mer").then_some(a.buffer),
         "ewc_lambda": (a.strategy == "ewc").then_some(a.ewc_lambda),
         "memory_per_task": (a.strategy == "agem").then_some(a.memory_per_task),
         "agem_sample": (a.strategy == "agem").then_some(a.agem_sample),
+        "mer": (a.strategy == "mer").then(|| mer_config(&a)),
     });
     let data = paths::data_dir(a.data.data_dir.as_deref());
     let train = Arc::new(Mnist::load(&data, "train")?);
@@ -261,6 +263,17 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// MER's settings from the flags; the replay draw per inner batch is one batch.
+fn mer_config(a: &ContinualArgs) -> MerConfig {
+    MerConfig {
+        capacity: a.buffer,
+        replay: a.batch,
+        batches: a.mer_batches,
+        beta: a.mer_beta,
+        gamma: a.mer_gamma,
+    }
 }
 
 /// A line plot of one curve whose `i`-th value belongs to x = i + 1.

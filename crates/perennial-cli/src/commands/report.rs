@@ -23,6 +23,9 @@ const GROUP_KEYS: &[&str] = &[
     "ewc_lambda",
     "memory_per_task",
     "agem_sample",
+    "mer",
+    "encoder",
+    "unknown_quantile",
 ];
 
 /// The numbers compared.

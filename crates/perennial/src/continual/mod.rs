@@ -7,7 +7,7 @@
 //! * [`learner`]: the classifier a strategy trains, the [`Strategy`] interface with
 //!   naive fine-tuning, joint training and experience replay, and [`run_stream`], which runs a strategy
 //!   over a stream and fills the accuracy matrix.
-//! * [`strategies`]: EWC and A-GEM.
+//! * [`strategies`]: EWC, A-GEM and MER.
 //! * [`checkpoint`]: checkpoints between tasks, so a killed run resumes.
 //! * [`classinc`]: class-incremental learning one class at a time (the Omniglot protocol
 //!   of OML and ANML), Perennial's prototype-memory learner with its unknown flag.
@@ -26,4 +26,4 @@ pub use learner::{
 };
 pub use metrics::{AccuracyMatrix, Metrics};
 pub use reservoir::Reservoir;
-pub use strategies::{Agem, Ewc};
+pub use strategies::{Agem, Ewc, Mer, MerConfig};

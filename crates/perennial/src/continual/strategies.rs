@@ -1,4 +1,4 @@
-//! Regularisation- and projection-based strategies: EWC and A-GEM.
+//! Regularisation-, projection- and meta-learning-based strategies: EWC, A-GEM and MER.
 
 use std::ops::Range;
 
@@ -246,6 +246,140 @@ impl Strategy for Agem {
     fn restore(&mut self, state: StrategyState) -> Result<()> {
         self.memory = state.field("agem", "memory")?;
         self.rng = state.field("agem", "rng")?;
+        Ok(())
+    }
+}
+
+/// Meta-experience replay (MER, Riemer et al. 2019, their Algorithm 1 with the stream's
+/// mini-batches as the incoming examples): for each incoming batch, `batches` times,
+/// draw `replay` examples from a reservoir buffer, take one SGD step on each example of
+/// (incoming batch ∪ draw) in random order, then pull the parameters back towards where
+/// that inner batch started by the within-batch Reptile factor `beta`; after all of
+/// them, interpolate from where the incoming batch started by the across-batch factor
+/// `gamma`. The sequential single-example steps are what make Reptile's update favour
+/// directions on which the examples' gradients agree (less interference). The incoming
+/// batch then joins the buffer.
+#[derive(Debug)]
+pub struct Mer {
+    buffer: super::Reservoir<(usize, usize)>,
+    replay: usize,
+    batches: usize,
+    beta: f64,
+    gamma: f64,
+    rng: Rng,
+}
+
+/// The settings of [`Mer`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MerConfig {
+    /// Reservoir buffer capacity (examples).
+    pub capacity: usize,
+    /// Examples drawn from the buffer for each inner batch.
+    pub replay: usize,
+    /// Inner batches per incoming batch (`s`).
+    pub batches: usize,
+    /// Within-batch Reptile factor (`β`).
+    pub beta: f64,
+    /// Across-batch Reptile factor (`γ`).
+    pub gamma: f64,
+}
+
+impl Mer {
+    /// MER with `config`, its draws seeded by `seed`.
+    pub fn new(config: MerConfig, seed: u64) -> Result<Self> {
+        if config.capacity == 0 {
+            return Err(Error::config(
+                "--buffer",
+                0,
+                "MER needs a buffer of at least one example",
+            ));
+        }
+        if config.batches == 0 {
+            return Err(Error::config("--mer-batches", 0, "must be at least 1"));
+        }
+        for (name, v) in [("--mer-beta", config.beta), ("--mer-gamma", config.gamma)] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(Error::config(name, v, "must be in (0, 1]"));
+            }
+        }
+        Ok(Mer {
+            buffer: super::Reservoir::new(config.capacity, seed),
+            replay: config.replay,
+            batches: config.batches,
+            beta: config.beta,
+            gamma: config.gamma,
+            rng: Rng::for_item(seed, MER_STREAM, 0),
+        })
+    }
+}
+
+/// The generator stream of MER's shuffles.
+const MER_STREAM: u64 = 0x004D_4552;
+
+fn snapshot(model: &Classifier) -> Vec<Tensor> {
+    model
+        .params
+        .tensors()
+        .iter()
+        .map(|p| p.detach().copy())
+        .collect()
+}
+
+/// `θ ← anchor + factor (θ − anchor)`.
+fn interpolate(model: &mut Classifier, anchor: &[Tensor], factor: f64) {
+    tch::no_grad(|| {
+        for (p, a) in model.params.tensors().iter().zip(anchor) {
+            let mut p = (*p).shallow_clone();
+            let moved = a + (&p - a) * factor;
+            p.copy_(&moved);
+        }
+    });
+}
+
+impl Strategy for Mer {
+    fn name(&self) -> &'static str {
+        "mer"
+    }
+
+    fn observe(
+        &mut self,
+        model: &mut Classifier,
+        stream: &Stream,
+        task: usize,
+        range: Range<usize>,
+    ) -> Result<f64> {
+        let value =
+            tch::no_grad(|| task_loss(model, stream, task, range.clone())).double_value(&[]);
+        let start = snapshot(model);
+        for _ in 0..self.batches {
+            let within = snapshot(model);
+            let mut items: Vec<(usize, usize)> = range.clone().map(|i| (task, i)).collect();
+            items.extend(self.buffer.sample(self.replay).into_iter().copied());
+            self.rng.shuffle(&mut items);
+            for item in &items {
+                if let Some(loss) = memory_loss(model, stream, std::slice::from_ref(item)) {
+                    let v = model.sgd_step(&loss);
+                    if !v.is_finite() {
+                        return Ok(v);
+                    }
+                }
+            }
+            interpolate(model, &within, self.beta);
+        }
+        interpolate(model, &start, self.gamma);
+        for i in range {
+            self.buffer.offer((task, i));
+        }
+        Ok(value)
+    }
+
+    fn state(&self) -> StrategyState {
+        StrategyState::meta(serde_json::json!({ "buffer": self.buffer, "rng": self.rng }))
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        self.buffer = state.field("mer", "buffer")?;
+        self.rng = state.field("mer", "rng")?;
         Ok(())
     }
 }
