@@ -166,7 +166,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         }
     } else {
         println!(
-            "{:<28} {:<15} {:<19} {:<24} {:>4} {:>7} {:>7} {:>7} {:>7} {:>8}",
+            "{:<28} {:<16} {:<19} {:<24} {:>4} {:>7} {:>7} {:>7} {:>7} {:>8}",
             "run",
             "stream",
             "scenario",
@@ -194,7 +194,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
                 dir
             };
             println!(
-                "{:<28} {:<15} {:<19} {:<24} {:>4} {:>7} {:>7} {:>7} {:>7} {:>8}",
+                "{:<28} {:<16} {:<19} {:<24} {:>4} {:>7} {:>7} {:>7} {:>7} {:>8}",
                 dir,
                 r.text("stream"),
                 r.text("scenario"),
@@ -212,7 +212,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
     if !multi.is_empty() && !a.json {
         println!();
         println!(
-            "{:<15} {:<19} {:<24} {:>5} {:>13} {:>13} {:>13} {:>13} {:>12}",
+            "{:<16} {:<19} {:<24} {:>5} {:>13} {:>13} {:>13} {:>13} {:>12}",
             "stream", "scenario", "strategy", "runs", "ACC %", "BWT", "FWT", "forget", "wall s"
         );
     }
@@ -250,7 +250,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
                 })
             };
             println!(
-                "{:<15} {:<19} {:<24} {:>5} {:>13} {:>13} {:>13} {:>13} {:>12}",
+                "{:<16} {:<19} {:<24} {:>5} {:>13} {:>13} {:>13} {:>13} {:>12}",
                 first.text("stream"),
                 first.text("scenario"),
                 first.label(),
