@@ -128,18 +128,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     let matrix = record.matrix()?;
     let m = matrix.metrics();
     let seen = matrix.seen_accuracy();
-    let n_speed = record.speed.len().max(1) as f64;
-    let speed: Vec<f64> = (0..4)
-        .map(|k| {
-            record
-                .speed
-                .iter()
-                .filter_map(|s| s.get(k))
-                .map(|p| p.accuracy)
-                .sum::<f64>()
-                / n_speed
-        })
-        .collect();
+    let speed = perennial::continual::learner::mean_speed(&record.speed);
 
     let result = serde_json::json!({
         "stream": "omniglot-classes",

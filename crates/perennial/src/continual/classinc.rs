@@ -73,7 +73,6 @@ pub struct PrototypeMemory {
     protos: Option<Tensor>,
     held_out: Vec<f64>,
     quantile: f64,
-    threshold: f64,
 }
 
 impl PrototypeMemory {
@@ -93,7 +92,6 @@ impl PrototypeMemory {
             protos: None,
             held_out: Vec::new(),
             quantile,
-            threshold: f64::INFINITY,
         })
     }
 
@@ -102,9 +100,16 @@ impl PrototypeMemory {
         self.protos.as_ref()
     }
 
-    /// The current unknown threshold (a squared distance; ∞ until calibrated).
+    /// The current unknown threshold (a squared distance; ∞ until calibrated): the
+    /// `quantile` of the recorded distances, computed when asked rather than on every
+    /// example learnt.
     pub fn threshold(&self) -> f64 {
-        self.threshold
+        if self.held_out.is_empty() {
+            return f64::INFINITY;
+        }
+        let mut v = self.held_out.clone();
+        let k = ((self.quantile * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        *v.select_nth_unstable_by(k - 1, f64::total_cmp).1
     }
 
     fn distances(&self, features: &Tensor) -> Option<Tensor> {
@@ -156,12 +161,6 @@ impl ClassLearner for PrototypeMemory {
             Some(p) => Tensor::cat(&[p, row.unsqueeze(0)], 0),
             None => row.unsqueeze(0),
         });
-        if !self.held_out.is_empty() {
-            let mut v = self.held_out.clone();
-            v.sort_by(f64::total_cmp);
-            let k = ((self.quantile * v.len() as f64).ceil() as usize).clamp(1, v.len());
-            self.threshold = v[k - 1];
-        }
         Ok(())
     }
 
@@ -178,7 +177,7 @@ impl ClassLearner for PrototypeMemory {
                 let (nearest, which) = d.min_dim(1, false);
                 let m: Vec<f32> = self.counts.iter().map(|&m| m as f32).collect();
                 let m = Tensor::from_slice(&m).index_select(0, &which);
-                (nearest * &m / (m + 1.0)).gt(self.threshold)
+                (nearest * &m / (m + 1.0)).gt(self.threshold())
             }
             None => Tensor::ones([features.size()[0]], (Kind::Bool, features.device())),
         }

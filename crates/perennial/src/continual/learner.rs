@@ -450,18 +450,23 @@ impl RunRecord {
     /// The mean learning-speed accuracy at each point (0, 1, 5, all examples) over
     /// the tasks learnt.
     pub fn mean_speed(&self) -> Vec<f64> {
-        let n = self.speed.len().max(1) as f64;
-        (0..SPEED_POINTS.len() + 1)
-            .map(|k| {
-                self.speed
-                    .iter()
-                    .filter_map(|s| s.get(k))
-                    .map(|p| p.accuracy)
-                    .sum::<f64>()
-                    / n
-            })
-            .collect()
+        mean_speed(&self.speed)
     }
+}
+
+/// The mean accuracy at each learning-speed point (0, 1, 5, all examples) over tasks.
+pub fn mean_speed(speed: &[Vec<SpeedPoint>]) -> Vec<f64> {
+    let n = speed.len().max(1) as f64;
+    (0..SPEED_POINTS.len() + 1)
+        .map(|k| {
+            speed
+                .iter()
+                .filter_map(|s| s.get(k))
+                .map(|p| p.accuracy)
+                .sum::<f64>()
+                / n
+        })
+        .collect()
 }
 
 /// Runs `strategy` over `stream` with `model`, from the start (`record` empty) or
