@@ -15,6 +15,9 @@
 # runs/avalanche-cmp/lines/, so a killed comparison resumes where it stopped (delete that
 # folder to start over). Summarise with
 # scripts/continual_table.py. Our runs go to runs/avalanche-cmp/.
+# STREAM (default permuted-mnist) runs ours on another stream (rotated-mnist,
+# split-mnist); the peer script runs Permuted-MNIST only, so SYSTEMS must then be
+# "perennial". Those runs go to runs/STREAM-cmp/.
 # TIMING=1 instead times each strategy once (the first seed) side by side: Avalanche's
 # run on one core while ours repeats on the other, so both see the same load; the
 # table's time ratio comes from these lines when present.
@@ -29,9 +32,17 @@ export PEER_PY=${PEER_PY:-../peer-venv/bin/python}
 export DATA=${PERENNIAL_DATA:-../shared/data}
 export PYTHONPATH=${AVALANCHE_PATH:-../aval-site}${PYTHONPATH:+:$PYTHONPATH}
 cargo build --release --locked -p perennial-cli >&2
-export P=./target/release/perennial
+export P=${P:-./target/release/perennial}
+export STREAM=${STREAM:-permuted-mnist}
 export root=runs/avalanche-cmp
 systems=${SYSTEMS:-perennial avalanche}
+if [ "$STREAM" != permuted-mnist ]; then
+  root=runs/$STREAM-cmp
+  if [ "$systems" != perennial ]; then
+    echo "STREAM=$STREAM: the Avalanche peer runs permuted-mnist only; set SYSTEMS=perennial" >&2
+    exit 2
+  fi
+fi
 mkdir -p "$root/lines"
 job() {
   local system=$1 s=$2 seed=$3 n=1
@@ -42,7 +53,7 @@ job() {
   if [ "$system" = perennial ]; then
     local out=$root/$s-s$seed
     rm -rf "$out"
-    $P -q --threads 1 continual --stream permuted-mnist --strategy "$s" --seed "$seed" \
+    $P -q --threads 1 continual --stream "$STREAM" --strategy "$s" --seed "$seed" \
       --data-dir "$DATA" --out "$out" >&2
     python3 - "$out/result.json" > "$line.tmp" <<'PY'
 import json, sys

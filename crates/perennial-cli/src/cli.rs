@@ -66,6 +66,9 @@ pub enum TrainAlgorithm {
     Metasgd(MamlArgs),
     /// Reptile (Nichol et al. 2018).
     Reptile(ReptileArgs),
+    /// OML: a representation on which a head learns classes online, one image at a
+    /// time (Javed & White 2019); the encoder of `continual --strategy oml`.
+    Oml(OmlArgs),
 }
 
 /// Where the data is.
@@ -212,6 +215,25 @@ pub struct ReptileArgs {
     pub hidden: usize,
 }
 
+/// `train oml` flags.
+#[derive(Debug, Args)]
+pub struct OmlArgs {
+    #[command(flatten)]
+    pub common: TrainArgs,
+    /// The online head's SGD step on each image (meta-training and meta-test).
+    #[arg(long, default_value_t = 0.1)]
+    pub inner_lr: f64,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Multiply the learning rate by --lr-gamma every this many episodes (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub lr_step: u64,
+    /// Learning-rate decay factor.
+    #[arg(long, default_value_t = 0.5)]
+    pub lr_gamma: f64,
+}
+
 /// `eval` flags.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -349,9 +371,10 @@ pub struct ContinualArgs {
     pub stream: String,
     /// The strategy: naive (fine-tuning), joint (the same examples in one i.i.d. order:
     /// the upper bound), er (experience replay, reservoir buffer), ewc (elastic weight
-    /// consolidation), agem (averaged GEM) or mer (meta-experience replay); on
-    /// omniglot-classes, perennial (prototype
-    /// memory with an unknown flag) or naive (an online SGD head).
+    /// consolidation), agem (averaged GEM), mer (meta-experience replay) or lamaml
+    /// (look-ahead MAML with learned rates); on omniglot-classes, perennial (prototype
+    /// memory with an unknown flag), naive (an online SGD head) or lamaml (La-MAML on
+    /// that head).
     #[arg(long, default_value = "naive")]
     pub strategy: String,
     /// Split-MNIST's scenario: task (the task is known at test time) or class.
@@ -378,7 +401,7 @@ pub struct ContinualArgs {
     /// Hidden layer widths of the MLP (784 → hidden → 10).
     #[arg(long, default_value = "100,100")]
     pub hidden: String,
-    /// Replay buffer size in examples (er, mer).
+    /// Replay buffer size in examples (er, mer, lamaml).
     #[arg(long, default_value_t = 200)]
     pub buffer: usize,
     /// EWC's penalty strength λ (ewc).
@@ -393,6 +416,16 @@ pub struct ContinualArgs {
     /// Across-batch Reptile factor (mer's γ).
     #[arg(long, default_value_t = 1.0)]
     pub mer_gamma: f64,
+    /// Meta-updates per incoming batch, each with a fresh replay draw (lamaml's
+    /// glances).
+    #[arg(long, default_value_t = 5)]
+    pub glances: usize,
+    /// La-MAML's initial per-parameter learning rate α₀ (lamaml).
+    #[arg(long, default_value_t = 0.15)]
+    pub lamaml_alpha: f64,
+    /// The learning rate of La-MAML's rates α (lamaml).
+    #[arg(long, default_value_t = 0.3)]
+    pub lamaml_alpha_lr: f64,
     /// Examples of each task kept in A-GEM's episodic memory (agem).
     #[arg(long, default_value_t = 250)]
     pub memory_per_task: usize,

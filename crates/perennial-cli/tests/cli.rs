@@ -808,8 +808,19 @@ fn continual_runs_a_strategy_over_a_stream_and_writes_its_report() {
         &["--strategy", "naive, joint, er, ewc, agem"],
     );
     bad(
-        &["--stream", "split-mnist", "--strategy", "lamaml"],
-        &["not implemented yet"],
+        &["--stream", "split-mnist", "--strategy", "oml"],
+        &["omniglot-classes"],
+    );
+    bad(
+        &[
+            "--stream",
+            "split-mnist",
+            "--strategy",
+            "lamaml",
+            "--glances",
+            "0",
+        ],
+        &["--glances"],
     );
     bad(
         &[
@@ -1072,10 +1083,7 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
         &["--strategy", "er", "--encoder", encoder],
         &["MNIST streams"],
     );
-    bad(
-        &["--strategy", "oml", "--encoder", encoder],
-        &["not implemented yet"],
-    );
+    bad(&["--strategy", "oml", "--encoder", encoder], &["train oml"]);
     bad(
         &[
             "--strategy",
@@ -1107,6 +1115,47 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
         ],
         &["none"],
     );
+    // OML: a representation meta-trained for its online head, then the head on it;
+    // La-MAML's head runs on either encoder.
+    let oml = dir.path().join("oml");
+    let mut t = bin();
+    t.args([
+        "train",
+        "oml",
+        "--splits",
+        "lake",
+        "--ways",
+        "5",
+        "--shots",
+        "2",
+        "--queries",
+        "2",
+        "--episodes",
+        "5",
+        "--device",
+        "cpu",
+        "--data-dir",
+    ])
+    .arg(&data)
+    .arg("--out")
+    .arg(&oml);
+    let o = run(&mut t);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (name, enc) in [("oml", &oml), ("lamaml", &enc)] {
+        let out = dir.path().join(name);
+        let enc = enc.to_str().unwrap();
+        let o = run(&mut args(
+            &out,
+            &["--strategy", name, "--encoder", enc, "--tasks", "12"],
+        ));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(line["points"], serde_json::json!([10, 12]), "{name}");
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap())
+                .unwrap();
+        assert_eq!(result["strategy"], name);
+    }
     // An encoder meta-trained on the Vinyals split has seen evaluation characters.
     let vin = dir.path().join("vin");
     let o = run(&mut train_cmd(&data, &vin, 5));

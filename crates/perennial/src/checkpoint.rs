@@ -24,6 +24,7 @@ use tch::Tensor;
 use crate::error::{Error, Result};
 use crate::meta::maml::MamlConfig;
 use crate::meta::metric::ProtoNetConfig;
+use crate::meta::oml::OmlConfig;
 use crate::meta::reptile::ReptileConfig;
 use crate::nn::params::{load_named, save_named};
 use crate::nn::BackboneConfig;
@@ -100,7 +101,7 @@ impl ScheduleConfig {
 /// Everything that defines a training run; written to `config.toml`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunConfig {
-    /// The algorithm (`protonet`, `maml`, `fomaml`, `anil`, `metasgd`, `reptile`).
+    /// The algorithm (`protonet`, `maml`, `fomaml`, `anil`, `metasgd`, `reptile`, `oml`).
     pub algorithm: String,
     /// The seed of initialisation and episode sampling.
     pub seed: u64,
@@ -121,6 +122,9 @@ pub struct RunConfig {
     /// Reptile's settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reptile: Option<ReptileConfig>,
+    /// OML's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oml: Option<OmlConfig>,
     /// The sinusoid task family (runs with `dataset = "sinusoid"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sinusoid: Option<SinusoidSpec>,
@@ -134,6 +138,9 @@ impl RunConfig {
         }
         if let Some(m) = &self.maml {
             return Some(&m.net.backbone);
+        }
+        if let Some(o) = &self.oml {
+            return Some(&o.backbone);
         }
         self.reptile.as_ref().map(|r| &r.net.backbone)
     }

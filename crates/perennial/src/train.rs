@@ -12,12 +12,13 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate, Summary};
 use crate::meta::maml::{Maml, MamlVariant};
 use crate::meta::metric::ProtoNet;
+use crate::meta::oml::Oml;
 use crate::meta::reptile::Reptile;
 use crate::meta::{MetaLearner, StepReport};
 use crate::tensors::Task;
 
 /// The algorithms [`build_learner`] knows.
-pub const ALGORITHMS: &str = "protonet, maml, fomaml, anil, metasgd, reptile";
+pub const ALGORITHMS: &str = "protonet, maml, fomaml, anil, metasgd, reptile, oml";
 
 /// Builds the learner a run config describes, freshly initialised.
 pub fn build_learner(config: &RunConfig, device: Device) -> Result<Box<dyn MetaLearner>> {
@@ -46,6 +47,11 @@ pub fn build_learner(config: &RunConfig, device: Device) -> Result<Box<dyn MetaL
             }
             Ok(Box::new(Maml::new(m, config.seed, device)?))
         }
+        "oml" => Ok(Box::new(Oml::new(
+            config.oml.clone().ok_or_else(|| missing("oml"))?,
+            config.seed,
+            device,
+        )?)),
         "reptile" => Ok(Box::new(Reptile::new(
             config.reptile.clone().ok_or_else(|| missing("reptile"))?,
             config.seed,

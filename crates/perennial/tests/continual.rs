@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use perennial::continual::{
-    run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, Mer, MerConfig, Naive, Replay,
-    RunRecord, RunSettings, Strategy,
+    run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, LaMaml, LaMamlConfig, Mer, MerConfig,
+    Naive, Replay, RunRecord, RunSettings, Strategy,
 };
 use perennial::data::mnist::Mnist;
 use perennial::data::stream::{Scenario, Stream, StreamName, StreamSpec};
@@ -117,11 +117,11 @@ fn permuted(tasks: usize) -> Option<Stream> {
 }
 
 /// On five Permuted-MNIST tasks (1000 examples each, one pass), EWC (λ = 100, the best
-/// of a sweep on this stream), A-GEM (250 examples per task) and MER (buffer 200, s = 5,
-/// β = 0.1) keep old tasks better than naive fine-tuning: higher backward transfer, no
-/// lower average accuracy.
+/// of a sweep on this stream), A-GEM (250 examples per task), MER (buffer 200, s = 5,
+/// β = 0.1) and La-MAML (buffer 200, 3 glances) keep old tasks better than naive
+/// fine-tuning: higher backward transfer, no lower average accuracy.
 #[test]
-fn ewc_agem_and_mer_forget_less_than_naive_on_permuted_mnist() {
+fn ewc_agem_mer_and_lamaml_forget_less_than_naive_on_permuted_mnist() {
     let Some(stream) = permuted(5) else { return };
     let n = run(&mut Naive, &stream).metrics();
     let e = run(&mut Ewc::new(100.0, 10).unwrap(), &stream).metrics();
@@ -134,8 +134,13 @@ fn ewc_agem_and_mer_forget_less_than_naive_on_permuted_mnist() {
         gamma: 1.0,
     };
     let m = run(&mut Mer::new(mer, 1).unwrap(), &stream).metrics();
-    eprintln!("naive {n:?}\newc {e:?}\nagem {a:?}\nmer {m:?}");
-    for (name, m) in [("ewc", e), ("agem", a), ("mer", m)] {
+    let lamaml = LaMamlConfig {
+        glances: 3,
+        ..LaMamlConfig::default()
+    };
+    let l = run(&mut LaMaml::new(lamaml, 1).unwrap(), &stream).metrics();
+    eprintln!("naive {n:?}\newc {e:?}\nagem {a:?}\nmer {m:?}\nlamaml {l:?}");
+    for (name, m) in [("ewc", e), ("agem", a), ("mer", m), ("lamaml", l)] {
         assert!(
             m.bwt.unwrap() > n.bwt.unwrap() + 0.02,
             "{name} {m:?} vs naive {n:?}"
@@ -147,6 +152,22 @@ fn ewc_agem_and_mer_forget_less_than_naive_on_permuted_mnist() {
     assert!(Agem::new(0, 256, 1).is_err());
     assert!(Mer::new(MerConfig { beta: 0.0, ..mer }, 1).is_err());
     assert!(Mer::new(MerConfig { capacity: 0, ..mer }, 1).is_err());
+    assert!(LaMaml::new(
+        LaMamlConfig {
+            glances: 0,
+            ..lamaml
+        },
+        1
+    )
+    .is_err());
+    assert!(LaMaml::new(
+        LaMamlConfig {
+            alpha_lr: -1.0,
+            ..lamaml
+        },
+        1
+    )
+    .is_err());
 }
 
 /// Joint training (the same examples in one i.i.d. order) is the upper bound: on
@@ -210,7 +231,7 @@ fn a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one() {
         return;
     };
     type Make = fn() -> Box<dyn Strategy>;
-    let makers: [(&str, Make); 5] = [
+    let makers: [(&str, Make); 6] = [
         ("er", || Box::new(Replay::new(50, 2).unwrap())),
         ("mer", || {
             let c = MerConfig {
@@ -225,6 +246,15 @@ fn a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one() {
         ("ewc", || Box::new(Ewc::new(10.0, 10).unwrap())),
         ("agem", || Box::new(Agem::new(20, 16, 2).unwrap())),
         ("joint", || Box::new(Joint::new(2))),
+        ("lamaml", || {
+            let c = LaMamlConfig {
+                capacity: 50,
+                replay: 2,
+                glances: 1,
+                ..LaMamlConfig::default()
+            };
+            Box::new(LaMaml::new(c, 2).unwrap())
+        }),
     ];
     let config = serde_json::json!({"test": "resume"});
     for (name, make) in makers {

@@ -73,6 +73,7 @@ fn config(episodes: u64, checkpoint_every: u64) -> RunConfig {
         protonet: Some(ProtoNetConfig::default()),
         maml: None,
         reptile: None,
+        oml: None,
         sinusoid: None,
     }
 }

@@ -6,12 +6,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use perennial::checkpoint::RunDir;
-use perennial::continual::classinc::{run_class_stream, ClassLearner, OnlineHead, PrototypeMemory};
+use perennial::continual::classinc::{
+    run_class_stream, ClassLearner, LaMamlHead, OnlineHead, PrototypeMemory,
+};
 use perennial::data::classinc::{ClassStream, ClassStreamSpec};
 use perennial::data::omniglot::{Split, SplitScheme};
 use perennial::data::paths;
 use perennial::data::stream::Part;
 use perennial::meta::metric::ProtoNet;
+use perennial::meta::oml::Oml;
 use perennial::meta::MetaLearner;
 use tch::{Device, Tensor};
 
@@ -20,19 +23,14 @@ use crate::cli::ContinualArgs;
 use crate::progress::bar;
 
 /// The learners of this stream.
-pub const CLASS_STRATEGIES: &[&str] = &["perennial", "naive"];
+pub const CLASS_STRATEGIES: &[&str] = &["perennial", "naive", "lamaml", "oml"];
 
 /// Runs the omniglot-classes stream.
 pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     match a.strategy.as_str() {
-        "perennial" | "naive" => {}
+        "perennial" | "naive" | "lamaml" | "oml" => {}
         "joint" | "er" | "ewc" | "agem" | "mer" => bail!(
             "--strategy {} runs on the MNIST streams; omniglot-classes has: {}",
-            a.strategy,
-            CLASS_STRATEGIES.join(", ")
-        ),
-        "oml" | "lamaml" => bail!(
-            "--strategy {}: not implemented yet; available on omniglot-classes: {}",
             a.strategy,
             CLASS_STRATEGIES.join(", ")
         ),
@@ -43,8 +41,9 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     }
     let Some(encoder_dir) = a.encoder.as_ref() else {
         bail!(
-            "--stream omniglot-classes needs --encoder RUN_DIR: a ProtoNet meta-trained on \
-             the background characters (perennial train protonet --splits lake ...)"
+            "--stream omniglot-classes needs --encoder RUN_DIR: a ProtoNet or OML run \
+             meta-trained on the background characters (perennial train protonet|oml \
+             --splits lake ...)"
         );
     };
     if a.resume {
@@ -59,13 +58,32 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     }
     let run = RunDir::open(encoder_dir)?;
     let config = run.config()?;
-    let Some(proto) = config.protonet.clone() else {
+    let encoder: Box<dyn Encoder> = match (&config.protonet, &config.oml) {
+        (Some(p), _) => {
+            let mut net = ProtoNet::new(p.clone(), config.seed, Device::Cpu)?;
+            net.load_model_state(&run.load_best()?)?;
+            Box::new(net)
+        }
+        (None, Some(o)) => {
+            let mut net = Oml::new(o.clone(), config.seed, Device::Cpu)?;
+            net.load_model_state(&run.load_best()?)?;
+            Box::new(net)
+        }
+        (None, None) => bail!(
+            "--encoder {}: a {} run; the encoder must be a ProtoNet or OML run",
+            encoder_dir.display(),
+            config.algorithm
+        ),
+    };
+    let oml_lr = config.oml.as_ref().map(|o| o.inner_lr);
+    if a.strategy == "oml" && oml_lr.is_none() {
         bail!(
-            "--encoder {}: a {} run; the encoder must be a ProtoNet run",
+            "--strategy oml: --encoder {} is a {} run; OML's online head needs the \
+             representation OML meta-trained for it (perennial train oml --splits lake ...)",
             encoder_dir.display(),
             config.algorithm
         );
-    };
+    }
     if config.data.splits != SplitScheme::Lake {
         bail!(
             "--encoder {}: trained on the {:?} split, whose training characters include \
@@ -74,8 +92,6 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
             config.data.splits
         );
     }
-    let mut net = ProtoNet::new(proto, config.seed, Device::Cpu)?;
-    net.load_model_state(&run.load_best()?)?;
 
     let data = paths::data_dir(a.data.data_dir.as_deref());
     let set = super::omniglot_split(&data, SplitScheme::Lake, Split::Test)?;
@@ -101,7 +117,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     let encode = |c: usize, part: Part| -> Tensor {
         let n = stream.examples(c, part) as i64;
         let x = Tensor::from_slice(&stream.images(c, part)).view([n, 1, side, side]);
-        net.embed_eval(&x)
+        encoder.embed_eval(&x)
     };
     let pb = bar(stream.len() as u64, "encode", quiet);
     let mut train = Vec::with_capacity(stream.len());
@@ -116,6 +132,13 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     let dim = train[0].size()[1] as usize;
     let mut learner: Box<dyn ClassLearner> = match a.strategy.as_str() {
         "perennial" => Box::new(PrototypeMemory::new(a.unknown_quantile)?),
+        "lamaml" => Box::new(LaMamlHead::new(
+            dim,
+            stream.len(),
+            super::continual::lamaml_config(&a),
+            a.seed,
+        )?),
+        "oml" => Box::new(OnlineHead::new(dim, stream.len(), oml_lr.unwrap_or(a.lr))?.named("oml")),
         _ => Box::new(OnlineHead::new(dim, stream.len(), a.lr)?),
     };
     let pb = bar(stream.len() as u64, learner.name(), quiet);
@@ -136,8 +159,14 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         "strategy": learner.name(),
         "spec": spec,
         "encoder": encoder_dir.display().to_string(),
-        "lr": (a.strategy == "naive").then_some(a.lr),
+        "lr": match a.strategy.as_str() {
+            "naive" => Some(a.lr),
+            "oml" => oml_lr,
+            _ => None,
+        },
+        "encoder_algorithm": config.algorithm,
         "unknown_quantile": (a.strategy == "perennial").then_some(a.unknown_quantile),
+        "lamaml": (a.strategy == "lamaml").then(|| super::continual::lamaml_config(&a)),
         "seed": a.seed,
         "acc": m.acc,
         "bwt": m.bwt,
@@ -218,4 +247,22 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A frozen meta-learned representation.
+trait Encoder {
+    /// Features `[n, d]` of images `[n, 1, side, side]`, in evaluation mode.
+    fn embed_eval(&self, x: &Tensor) -> Tensor;
+}
+
+impl Encoder for ProtoNet {
+    fn embed_eval(&self, x: &Tensor) -> Tensor {
+        ProtoNet::embed_eval(self, x)
+    }
+}
+
+impl Encoder for Oml {
+    fn embed_eval(&self, x: &Tensor) -> Tensor {
+        Oml::embed_eval(self, x)
+    }
 }

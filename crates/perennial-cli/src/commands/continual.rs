@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use perennial::continual::{
-    run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, Mer, MerConfig, Naive, Replay,
-    RunRecord, RunSettings, Strategy, SPEED_POINTS,
+    run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, LaMaml, LaMamlConfig, Mer, MerConfig,
+    Naive, Replay, RunRecord, RunSettings, Strategy, SPEED_POINTS,
 };
 use perennial::data::mnist::Mnist;
 use perennial::data::paths;
@@ -18,9 +18,7 @@ use crate::cli::ContinualArgs;
 use crate::progress::bar;
 
 /// The strategies `continual` runs today.
-pub const STRATEGIES: &[&str] = &["naive", "joint", "er", "ewc", "agem", "mer"];
-/// Strategies of the plan (issue #4) that are not implemented yet.
-const PLANNED: &[&str] = &["oml", "lamaml"];
+pub const STRATEGIES: &[&str] = &["naive", "joint", "er", "ewc", "agem", "mer", "lamaml"];
 
 /// Runs `perennial continual`.
 pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
@@ -41,12 +39,10 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         "ewc" => Box::new(Ewc::new(a.ewc_lambda, a.batch)?),
         "agem" => Box::new(Agem::new(a.memory_per_task, a.agem_sample, a.seed)?),
         "mer" => Box::new(Mer::new(mer_config(&a), a.seed)?),
-        "perennial" => bail!(
-            "--strategy perennial runs on omniglot-classes so far; available here: {}",
-            STRATEGIES.join(", ")
-        ),
-        s if PLANNED.contains(&s) => bail!(
-            "--strategy {s}: not implemented yet; available: {}",
+        "lamaml" => Box::new(LaMaml::new(lamaml_config(&a), a.seed)?),
+        s @ ("perennial" | "oml") => bail!(
+            "--strategy {s} runs on omniglot-classes (it learns on a meta-trained \
+             representation); available here: {}",
             STRATEGIES.join(", ")
         ),
         s => bail!(
@@ -121,11 +117,12 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         "batch": a.batch,
         "lr": a.lr,
         "network": sizes,
-        "buffer": (a.strategy == "er" || a.strategy == "mer").then_some(a.buffer),
+        "buffer": (["er", "mer", "lamaml"].contains(&a.strategy.as_str())).then_some(a.buffer),
         "ewc_lambda": (a.strategy == "ewc").then_some(a.ewc_lambda),
         "memory_per_task": (a.strategy == "agem").then_some(a.memory_per_task),
         "agem_sample": (a.strategy == "agem").then_some(a.agem_sample),
         "mer": (a.strategy == "mer").then(|| mer_config(&a)),
+        "lamaml": (a.strategy == "lamaml").then(|| lamaml_config(&a)),
     });
     let data = paths::data_dir(a.data.data_dir.as_deref());
     let train = Arc::new(Mnist::load(&data, "train")?);
@@ -273,6 +270,18 @@ fn mer_config(a: &ContinualArgs) -> MerConfig {
         batches: a.mer_batches,
         beta: a.mer_beta,
         gamma: a.mer_gamma,
+    }
+}
+
+/// La-MAML's settings from the flags; the replay draw per glance is one batch.
+pub fn lamaml_config(a: &ContinualArgs) -> LaMamlConfig {
+    LaMamlConfig {
+        capacity: a.buffer,
+        replay: a.batch,
+        glances: a.glances,
+        alpha_init: a.lamaml_alpha,
+        alpha_lr: a.lamaml_alpha_lr,
+        ..LaMamlConfig::default()
     }
 }
 

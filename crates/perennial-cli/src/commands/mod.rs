@@ -36,6 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
             TrainAlgorithm::Anil(a) => train::maml(MamlVariant::Anil, a, quiet),
             TrainAlgorithm::Metasgd(a) => train::maml(MamlVariant::Metasgd, a, quiet),
             TrainAlgorithm::Reptile(a) => train::reptile(a, quiet),
+            TrainAlgorithm::Oml(a) => train::oml(a, quiet),
         },
         Command::Eval(a) => eval::eval(a, quiet),
         Command::EvalEpisodes(a) => eval::eval_episodes(a, quiet),

@@ -9,13 +9,14 @@ use perennial::eval::Summary;
 use perennial::meta::fastnet::FastNetConfig;
 use perennial::meta::maml::{MamlConfig, MamlVariant};
 use perennial::meta::metric::ProtoNetConfig;
+use perennial::meta::oml::OmlConfig;
 use perennial::meta::reptile::ReptileConfig;
 use perennial::meta::StepReport;
 use perennial::nn::BackboneConfig;
 use perennial::optim::AdamConfig;
 use perennial::train::{build_learner, train, Observer, TaskSource};
 
-use crate::cli::{MamlArgs, ProtonetArgs, ReptileArgs, TrainArgs};
+use crate::cli::{MamlArgs, OmlArgs, ProtonetArgs, ReptileArgs, TrainArgs};
 use crate::progress::bar;
 
 /// Streams of the sampler: training and validation never share episodes.
@@ -80,6 +81,7 @@ fn base_config(
         protonet: None,
         maml: None,
         reptile: None,
+        oml: None,
         sinusoid: sinusoid.then(|| SinusoidSpec::new(a.shots, queries)),
     };
     if let Some(s) = &config.sinusoid {
@@ -204,6 +206,32 @@ pub fn reptile(a: ReptileArgs, quiet: bool) -> Result<()> {
         };
         r.validate()?;
         c.reptile = Some(r);
+        Some(c)
+    };
+    run(&a.common, config, quiet)
+}
+
+/// Trains (or resumes) an OML run.
+pub fn oml(a: OmlArgs, quiet: bool) -> Result<()> {
+    let config = if a.common.resume {
+        None
+    } else {
+        if is_sinusoid(&a.common) {
+            bail!("--dataset sinusoid: oml learns classes online; use maml, fomaml, anil, metasgd or reptile for regression");
+        }
+        let mut c = base_config(&a.common, "oml", 1, None)?;
+        let o = OmlConfig {
+            backbone: conv4(&a.common)?,
+            inner_lr: a.inner_lr,
+            optimizer: AdamConfig {
+                lr: a.lr,
+                step_every: a.lr_step,
+                gamma: a.lr_gamma,
+                ..Default::default()
+            },
+        };
+        o.validate()?;
+        c.oml = Some(o);
         Some(c)
     };
     run(&a.common, config, quiet)

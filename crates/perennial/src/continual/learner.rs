@@ -52,7 +52,12 @@ impl Classifier {
     /// The logits of `x` (`[n, 784]`); classes outside `mask` (when given) get −∞, so
     /// the model chooses among the task's classes only.
     pub fn logits(&self, x: &Tensor, mask: Option<&[u8]>) -> Tensor {
-        let z = self.net.forward(&self.params, None, x, true);
+        self.logits_with(&self.params, x, mask)
+    }
+
+    /// [`Classifier::logits`] under other parameters of the same shapes (fast weights).
+    pub fn logits_with(&self, params: &ParamSet, x: &Tensor, mask: Option<&[u8]>) -> Tensor {
+        let z = self.net.forward(params, None, x, true);
         match mask {
             None => z,
             Some(classes) => {
@@ -73,7 +78,18 @@ impl Classifier {
 
     /// Summed cross-entropy of a batch.
     pub fn loss_sum(&self, x: &Tensor, y: &Tensor, mask: Option<&[u8]>) -> Tensor {
-        self.logits(x, mask)
+        self.loss_sum_with(&self.params, x, y, mask)
+    }
+
+    /// [`Classifier::loss_sum`] under other parameters of the same shapes.
+    pub fn loss_sum_with(
+        &self,
+        params: &ParamSet,
+        x: &Tensor,
+        y: &Tensor,
+        mask: Option<&[u8]>,
+    ) -> Tensor {
+        self.logits_with(params, x, mask)
             .cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Sum, -100, 0.0)
     }
 

@@ -8,18 +8,21 @@
 //!   naive fine-tuning, joint training and experience replay, and [`run_stream`], which runs a strategy
 //!   over a stream and fills the accuracy matrix.
 //! * [`strategies`]: EWC, A-GEM and MER.
+//! * [`lamaml`]: La-MAML's look-ahead meta-update with learned learning rates.
 //! * [`checkpoint`]: checkpoints between tasks, so a killed run resumes.
 //! * [`classinc`]: class-incremental learning one class at a time (the Omniglot protocol
 //!   of OML and ANML), Perennial's prototype-memory learner with its unknown flag.
 
 pub mod checkpoint;
 pub mod classinc;
+pub mod lamaml;
 pub mod learner;
 pub mod metrics;
 pub mod reservoir;
 pub mod strategies;
 
 pub use checkpoint::Checkpoints;
+pub use lamaml::{LaMaml, LaMamlConfig, LookAhead};
 pub use learner::{
     run_stream, Classifier, Joint, Naive, Replay, RunRecord, RunSettings, SpeedPoint, Strategy,
     StrategyState, SPEED_POINTS,

@@ -8,6 +8,7 @@
 pub mod fastnet;
 pub mod maml;
 pub mod metric;
+pub mod oml;
 pub mod reptile;
 
 use tch::Tensor;
