@@ -443,6 +443,27 @@ pub struct ContinualArgs {
     /// has seen its own classes' new examples.
     #[arg(long, default_value_t = 0.95)]
     pub unknown_quantile: f64,
+    /// omniglot-classes, perennial: meta-consolidate the encoder after every this many
+    /// classes, on episodes replayed from the learnt classes' training images, then
+    /// rebuild the prototypes (0: never; default 50 on a ProtoNet encoder, 0 on an
+    /// OML one, which meta-consolidation does not train).
+    #[arg(long)]
+    pub consolidate_every: Option<usize>,
+    /// Episodes per meta-consolidation.
+    #[arg(long, default_value_t = 30)]
+    pub consolidate_episodes: usize,
+    /// Classes per consolidation episode (at most the classes learnt).
+    #[arg(long, default_value_t = 20)]
+    pub consolidate_ways: usize,
+    /// Support images per class in a consolidation episode.
+    #[arg(long, default_value_t = 5)]
+    pub consolidate_shots: usize,
+    /// Query images per class in a consolidation episode.
+    #[arg(long, default_value_t = 10)]
+    pub consolidate_queries: usize,
+    /// Adam learning rate of meta-consolidation.
+    #[arg(long, default_value_t = 1e-4)]
+    pub consolidate_lr: f64,
     /// Run directory: result.json, matrix.csv, matrix.svg, accuracy.svg, and
     /// checkpoint/ while the run is unfinished.
     #[arg(long)]

@@ -1066,6 +1066,8 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
     assert_eq!(result["unknown"].as_array().unwrap().len(), 2);
+    // Meta-consolidation is on by default, every 50 classes: none in 30.
+    assert_eq!(result["consolidation"]["runs"], serde_json::json!([]));
     assert_eq!(
         result["learning_speed"]["mean_accuracy"]
             .as_array()
@@ -1114,6 +1116,44 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
             dir.path().join("none").to_str().unwrap(),
         ],
         &["none"],
+    );
+    // Meta-consolidation every 5 classes, two short episodes each: recorded.
+    let out = dir.path().join("consolidated");
+    let o = run(&mut args(
+        &out,
+        &[
+            "--strategy",
+            "perennial",
+            "--encoder",
+            encoder,
+            "--tasks",
+            "12",
+            "--consolidate-every",
+            "5",
+            "--consolidate-episodes",
+            "2",
+            "--consolidate-ways",
+            "3",
+        ],
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    let runs = result["consolidation"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[1]["classes"], 10);
+    bad(
+        &[
+            "--strategy",
+            "perennial",
+            "--encoder",
+            encoder,
+            "--consolidate-shots",
+            "10",
+            "--consolidate-queries",
+            "10",
+        ],
+        &["--consolidate-shots"],
     );
     // OML: a representation meta-trained for its online head, then the head on it;
     // La-MAML's head runs on either encoder.

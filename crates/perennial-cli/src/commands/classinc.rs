@@ -7,12 +7,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use perennial::checkpoint::RunDir;
 use perennial::continual::classinc::{
-    run_class_stream, ClassLearner, LaMamlHead, OnlineHead, PrototypeMemory,
+    run_class_stream_refreshing, ClassLearner, Features, LaMamlHead, OnlineHead, PrototypeMemory,
 };
+use perennial::continual::consolidate::{consolidate, ConsolidationConfig};
 use perennial::data::classinc::{ClassStream, ClassStreamSpec};
 use perennial::data::omniglot::{Split, SplitScheme};
 use perennial::data::paths;
 use perennial::data::stream::Part;
+use perennial::data::Rng;
 use perennial::meta::metric::ProtoNet;
 use perennial::meta::oml::Oml;
 use perennial::meta::MetaLearner;
@@ -58,16 +60,45 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     }
     let run = RunDir::open(encoder_dir)?;
     let config = run.config()?;
-    let encoder: Box<dyn Encoder> = match (&config.protonet, &config.oml) {
+    let consolidation = ConsolidationConfig {
+        every: match (a.strategy.as_str(), config.oml.is_some()) {
+            ("perennial", false) => a.consolidate_every.unwrap_or(50),
+            ("perennial", true) => a.consolidate_every.unwrap_or(0),
+            _ => 0,
+        },
+        episodes: a.consolidate_episodes,
+        ways: a.consolidate_ways,
+        shots: a.consolidate_shots,
+        queries: a.consolidate_queries,
+    };
+    consolidation.validate(a.train_per_task.unwrap_or(15))?;
+    if !(a.consolidate_lr > 0.0 && a.consolidate_lr.is_finite()) {
+        bail!(
+            "invalid --consolidate-lr = {}: must be positive",
+            a.consolidate_lr
+        );
+    }
+    let mut encoder = match (&config.protonet, &config.oml) {
         (Some(p), _) => {
-            let mut net = ProtoNet::new(p.clone(), config.seed, Device::Cpu)?;
+            // The optimiser is used by meta-consolidation only.
+            let mut p = p.clone();
+            p.optimizer.lr = a.consolidate_lr;
+            p.optimizer.step_every = 0;
+            let mut net = ProtoNet::new(p, config.seed, Device::Cpu)?;
             net.load_model_state(&run.load_best()?)?;
-            Box::new(net)
+            Encoder::Proto(net)
         }
         (None, Some(o)) => {
+            if consolidation.every > 0 {
+                bail!(
+                    "--consolidate-every: meta-consolidation trains a ProtoNet encoder; \
+                     --encoder {} is an OML run (use --consolidate-every 0)",
+                    encoder_dir.display()
+                );
+            }
             let mut net = Oml::new(o.clone(), config.seed, Device::Cpu)?;
             net.load_model_state(&run.load_best()?)?;
-            Box::new(net)
+            Encoder::Oml(net)
         }
         (None, None) => bail!(
             "--encoder {}: a {} run; the encoder must be a ProtoNet or OML run",
@@ -113,23 +144,9 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
 
     let t0 = Instant::now();
-    let side = stream.side() as i64;
-    let encode = |c: usize, part: Part| -> Tensor {
-        let n = stream.examples(c, part) as i64;
-        let x = Tensor::from_slice(&stream.images(c, part)).view([n, 1, side, side]);
-        encoder.embed_eval(&x)
-    };
-    let pb = bar(stream.len() as u64, "encode", quiet);
-    let mut train = Vec::with_capacity(stream.len());
-    let mut test = Vec::with_capacity(stream.len());
-    for c in 0..stream.len() {
-        train.push(encode(c, Part::Train));
-        test.push(encode(c, Part::Test));
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    let features = encoder.encode_all(&stream, quiet);
     let encode_s = t0.elapsed().as_secs_f64();
-    let dim = train[0].size()[1] as usize;
+    let dim = features.train[0].size()[1] as usize;
     let mut learner: Box<dyn ClassLearner> = match a.strategy.as_str() {
         "perennial" => Box::new(PrototypeMemory::new(a.unknown_quantile)?),
         "lamaml" => Box::new(LaMamlHead::new(
@@ -142,10 +159,39 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         _ => Box::new(OnlineHead::new(dim, stream.len(), a.lr)?),
     };
     let pb = bar(stream.len() as u64, learner.name(), quiet);
-    let record = run_class_stream(learner.as_mut(), &train, &test, &mut |done, total| {
-        pb.set_position(done as u64);
-        pb.set_message(format!("class {done}/{total}"));
-    })?;
+    let mut rng = Rng::for_item(a.seed, CONSOLIDATION_STREAM, 0);
+    let mut consolidations = Vec::new();
+    let total = stream.len();
+    let record = run_class_stream_refreshing(
+        learner.as_mut(),
+        features,
+        &mut |known, _| {
+            if !consolidation.due(known, total) {
+                return Ok(None);
+            }
+            let Encoder::Proto(net) = &mut encoder else {
+                return Ok(None);
+            };
+            pb.set_message(format!("consolidating after {known} classes"));
+            let side = stream.side();
+            let r = consolidate(
+                net,
+                &consolidation,
+                known,
+                side,
+                &mut |c| stream.images(c, Part::Train),
+                &mut rng,
+            )?;
+            consolidations.push(serde_json::json!({
+                "classes": known, "loss": r.loss, "accuracy": r.accuracy,
+            }));
+            Ok(Some(encoder.encode_all(&stream, true)))
+        },
+        &mut |done, total| {
+            pb.set_position(done as u64);
+            pb.set_message(format!("class {done}/{total}"));
+        },
+    )?;
     pb.finish_and_clear();
     let wall_s = t0.elapsed().as_secs_f64();
     let matrix = record.matrix()?;
@@ -167,6 +213,9 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         "encoder_algorithm": config.algorithm,
         "unknown_quantile": (a.strategy == "perennial").then_some(a.unknown_quantile),
         "lamaml": (a.strategy == "lamaml").then(|| super::continual::lamaml_config(&a)),
+        "consolidation": (consolidation.every > 0).then(|| serde_json::json!({
+            "settings": consolidation, "lr": a.consolidate_lr, "runs": consolidations,
+        })),
         "seed": a.seed,
         "acc": m.acc,
         "bwt": m.bwt,
@@ -249,20 +298,43 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// A frozen meta-learned representation.
-trait Encoder {
+/// The generator stream of consolidation episodes.
+const CONSOLIDATION_STREAM: u64 = 0x0043_4F4E;
+
+/// The meta-learned representation under the learners.
+enum Encoder {
+    /// A ProtoNet's embedding (meta-consolidation can train it further).
+    Proto(ProtoNet),
+    /// An OML representation network.
+    Oml(Oml),
+}
+
+impl Encoder {
     /// Features `[n, d]` of images `[n, 1, side, side]`, in evaluation mode.
-    fn embed_eval(&self, x: &Tensor) -> Tensor;
-}
-
-impl Encoder for ProtoNet {
     fn embed_eval(&self, x: &Tensor) -> Tensor {
-        ProtoNet::embed_eval(self, x)
+        match self {
+            Encoder::Proto(n) => n.embed_eval(x),
+            Encoder::Oml(n) => n.embed_eval(x),
+        }
     }
-}
 
-impl Encoder for Oml {
-    fn embed_eval(&self, x: &Tensor) -> Tensor {
-        Oml::embed_eval(self, x)
+    /// Every class's training and test images, encoded.
+    fn encode_all(&self, stream: &ClassStream, quiet: bool) -> Features {
+        let side = stream.side() as i64;
+        let encode = |c: usize, part: Part| -> Tensor {
+            let n = stream.examples(c, part) as i64;
+            let x = Tensor::from_slice(&stream.images(c, part)).view([n, 1, side, side]);
+            self.embed_eval(&x)
+        };
+        let pb = bar(stream.len() as u64, "encode", quiet);
+        let mut train = Vec::with_capacity(stream.len());
+        let mut test = Vec::with_capacity(stream.len());
+        for c in 0..stream.len() {
+            train.push(encode(c, Part::Train));
+            test.push(encode(c, Part::Test));
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        Features { train, test }
     }
 }

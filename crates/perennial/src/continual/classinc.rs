@@ -55,6 +55,17 @@ pub trait ClassLearner {
 
     /// The number of classes known.
     fn known(&self) -> usize;
+
+    /// Forgets everything and learns classes `0..train.len()` again from `train[c]`
+    /// (`[n_c, d]`, in order): what a learner does when its representation changed.
+    /// The default refuses.
+    fn relearn(&mut self, _train: &[Tensor]) -> Result<()> {
+        Err(Error::config(
+            "learner",
+            self.name(),
+            "cannot relearn on a new representation",
+        ))
+    }
 }
 
 /// Perennial's class-incremental learner: a prototype per class in a fixed
@@ -167,6 +178,21 @@ impl ClassLearner for PrototypeMemory {
             Some(p) => Tensor::cat(&[p, row.unsqueeze(0)], 0),
             None => row.unsqueeze(0),
         });
+        Ok(())
+    }
+
+    /// Rebuilds every prototype and the unknown threshold's distances from the
+    /// classes' training features in the new representation, as if learnt again.
+    fn relearn(&mut self, train: &[Tensor]) -> Result<()> {
+        self.sums.clear();
+        self.counts.clear();
+        self.protos = None;
+        self.held_out.clear();
+        for (c, x) in train.iter().enumerate() {
+            for i in 0..x.size()[0] {
+                self.learn(&x.get(i), c)?;
+            }
+        }
         Ok(())
     }
 
@@ -446,97 +472,155 @@ pub fn run_class_stream(
     test: &[Tensor],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ClassRunRecord> {
-    let t = train.len();
-    if t == 0 || test.len() != t {
+    let copy = |v: &[Tensor]| v.iter().map(Tensor::shallow_clone).collect();
+    run_class_stream_refreshing(
+        learner,
+        Features {
+            train: copy(train),
+            test: copy(test),
+        },
+        &mut |_, _| Ok(None),
+        progress,
+    )
+}
+
+/// The encoded features of a class stream: `train[c]` `[n_c, d]`, `test[c]` `[m_c, d]`.
+#[derive(Debug)]
+pub struct Features {
+    /// Each class's training images' features.
+    pub train: Vec<Tensor>,
+    /// Each class's test images' features.
+    pub test: Vec<Tensor>,
+}
+
+/// The test features, concatenated, with each class's offset and size.
+struct TestSet {
+    all: Tensor,
+    labels: Tensor,
+    sizes: Vec<i64>,
+    offsets: Vec<i64>,
+}
+
+impl TestSet {
+    fn new(test: &[Tensor]) -> Self {
+        let sizes: Vec<i64> = test.iter().map(|x| x.size()[0]).collect();
+        let offsets: Vec<i64> = sizes
+            .iter()
+            .scan(0, |acc, &n| {
+                let o = *acc;
+                *acc += n;
+                Some(o)
+            })
+            .collect();
+        let labels: Vec<i64> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &n)| std::iter::repeat_n(c as i64, n as usize))
+            .collect();
+        TestSet {
+            all: Tensor::cat(test, 0),
+            labels: Tensor::from_slice(&labels),
+            sizes,
+            offsets,
+        }
+    }
+
+    /// Per-class accuracy on the test images of classes `0..known`, padded with zeros
+    /// to `len` classes.
+    fn row(&self, learner: &dyn ClassLearner, known: usize, len: usize) -> Vec<f64> {
+        tch::no_grad(|| {
+            let n = self.offsets[known - 1] + self.sizes[known - 1];
+            let hit = learner
+                .scores(&self.all.narrow(0, 0, n))
+                .argmax(1, false)
+                .eq_tensor(&self.labels.narrow(0, 0, n))
+                .to_kind(Kind::Double);
+            let mut r: Vec<f64> = (0..known)
+                .map(|j| {
+                    hit.narrow(0, self.offsets[j], self.sizes[j])
+                        .mean(Kind::Double)
+                        .double_value(&[])
+                })
+                .collect();
+            r.resize(len, 0.0);
+            r
+        })
+    }
+
+    /// Accuracy on class `c`'s test images.
+    fn class_accuracy(&self, learner: &dyn ClassLearner, c: usize) -> f64 {
+        tch::no_grad(|| {
+            learner
+                .scores(&self.all.narrow(0, self.offsets[c], self.sizes[c]))
+                .argmax(1, false)
+                .eq_tensor(&self.labels.narrow(0, self.offsets[c], self.sizes[c]))
+                .to_kind(Kind::Double)
+                .mean(Kind::Double)
+                .double_value(&[])
+        })
+    }
+
+    /// The test features of classes `from..to`.
+    fn classes(&self, from: usize, to: usize) -> Tensor {
+        let end = self.offsets[to - 1] + self.sizes[to - 1];
+        self.all
+            .narrow(0, self.offsets[from], end - self.offsets[from])
+    }
+}
+
+fn flagged(learner: &dyn ClassLearner, x: &Tensor) -> f64 {
+    tch::no_grad(|| {
+        learner
+            .unknown(x)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[])
+    })
+}
+
+/// [`run_class_stream`] with a representation that may change along the stream: after
+/// class `c` is learnt (and its learning speed measured), `refresh(c + 1, learner)`
+/// may return new features for the whole stream (the representation was
+/// consolidated); the learner then relearns classes `0..=c` from their new training
+/// features ([`ClassLearner::relearn`]) before the stream's row `c` is measured.
+pub fn run_class_stream_refreshing(
+    learner: &mut dyn ClassLearner,
+    mut features: Features,
+    refresh: &mut dyn FnMut(usize, &dyn ClassLearner) -> Result<Option<Features>>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ClassRunRecord> {
+    let t = features.train.len();
+    if t == 0 || features.test.len() != t {
         return Err(Error::config(
             "class stream",
-            format!("{t} training and {} test classes", test.len()),
+            format!("{t} training and {} test classes", features.test.len()),
             "needs the same number of classes, at least one",
         ));
     }
     let clock = std::time::Instant::now();
     let points = protocol_points(t);
-    let all_test = Tensor::cat(test, 0);
-    let sizes: Vec<i64> = test.iter().map(|x| x.size()[0]).collect();
-    let offsets: Vec<i64> = sizes
-        .iter()
-        .scan(0, |acc, &n| {
-            let o = *acc;
-            *acc += n;
-            Some(o)
-        })
-        .collect();
-    let labels: Vec<i64> = sizes
-        .iter()
-        .enumerate()
-        .flat_map(|(c, &n)| std::iter::repeat_n(c as i64, n as usize))
-        .collect();
-    let labels = Tensor::from_slice(&labels);
-    // Per-class accuracy of the test images of classes 0..known.
-    let row = |learner: &dyn ClassLearner, known: usize| -> Vec<f64> {
-        tch::no_grad(|| {
-            let n = offsets[known - 1] + sizes[known - 1];
-            let x = all_test.narrow(0, 0, n);
-            let hit = learner
-                .scores(&x)
-                .argmax(1, false)
-                .eq_tensor(&labels.narrow(0, 0, n))
-                .to_kind(Kind::Double);
-            let mut r: Vec<f64> = (0..known)
-                .map(|j| {
-                    hit.narrow(0, offsets[j], sizes[j])
-                        .mean(Kind::Double)
-                        .double_value(&[])
-                })
-                .collect();
-            r.resize(t, 0.0);
-            r
-        })
-    };
-    let class_accuracy = |learner: &dyn ClassLearner, c: usize| -> f64 {
-        tch::no_grad(|| {
-            learner
-                .scores(&test[c])
-                .argmax(1, false)
-                .eq_tensor(&Tensor::full(
-                    [sizes[c]],
-                    c as i64,
-                    (Kind::Int64, tch::Device::Cpu),
-                ))
-                .to_kind(Kind::Double)
-                .mean(Kind::Double)
-                .double_value(&[])
-        })
-    };
-    let flagged = |learner: &dyn ClassLearner, x: &Tensor| -> f64 {
-        tch::no_grad(|| {
-            learner
-                .unknown(x)
-                .to_kind(Kind::Double)
-                .mean(Kind::Double)
-                .double_value(&[])
-        })
-    };
+    let mut test = TestSet::new(&features.test);
     let mut rows = Vec::with_capacity(t);
     let mut speed = Vec::with_capacity(t);
     let mut accuracy_at = Vec::new();
     let mut unknown = Vec::new();
     for c in 0..t {
-        let n = train[c].size()[0] as usize;
+        let train_c = &features.train[c];
+        let n = train_c.size()[0] as usize;
         let mut s = vec![SpeedPoint {
             asked: 0,
             seen: 0,
             accuracy: 0.0,
         }];
         for i in 0..n {
-            learner.learn(&train[c].get(i as i64), c)?;
+            learner.learn(&train_c.get(i as i64), c)?;
             let seen = i + 1;
             let due: Vec<usize> = [1, 5, n]
                 .into_iter()
                 .filter(|&k| seen == k.min(n) && !s.iter().any(|p| p.asked == k))
                 .collect();
             if !due.is_empty() {
-                let accuracy = class_accuracy(learner, c);
+                let accuracy = test.class_accuracy(learner, c);
                 s.extend(due.into_iter().map(|asked| SpeedPoint {
                     asked,
                     seen,
@@ -545,19 +629,30 @@ pub fn run_class_stream(
             }
         }
         speed.push(s);
-        let r = row(learner, c + 1);
+        if let Some(new) = refresh(c + 1, learner)? {
+            if new.train.len() != t || new.test.len() != t {
+                return Err(Error::config(
+                    "refreshed features",
+                    format!("{} and {} classes", new.train.len(), new.test.len()),
+                    format!("the stream has {t}"),
+                ));
+            }
+            features = new;
+            test = TestSet::new(&features.test);
+            learner.relearn(&features.train[..=c])?;
+        }
+        let r = test.row(learner, c + 1, t);
         if points.contains(&(c + 1)) {
-            let known_n = offsets[c] + sizes[c];
-            let total: f64 = (0..=c).map(|j| r[j] * sizes[j] as f64).sum();
+            let known_n = test.offsets[c] + test.sizes[c];
+            let total: f64 = (0..=c).map(|j| r[j] * test.sizes[j] as f64).sum();
             accuracy_at.push(total / known_n as f64);
             let novel = (c + 1 < t).then(|| {
                 let end = (c + 1 + NOVEL_CLASSES).min(t);
-                let x = Tensor::cat(&test[c + 1..end], 0);
-                flagged(learner, &x)
+                flagged(learner, &test.classes(c + 1, end))
             });
             unknown.push(UnknownRates {
                 classes: c + 1,
-                known_flagged: flagged(learner, &all_test.narrow(0, 0, known_n)),
+                known_flagged: flagged(learner, &test.classes(0, c + 1)),
                 novel_flagged: novel,
             });
         }
@@ -689,5 +784,57 @@ mod tests {
             ..LaMamlConfig::default()
         };
         assert!(LaMamlHead::new(dim, 20, bad, 3).is_err());
+    }
+
+    /// A refreshed representation: after the refresh, the memory's prototypes are the
+    /// means of the new features, and later classes are learnt on them.
+    #[test]
+    fn a_refreshed_representation_is_relearnt() {
+        let class = |c: f32| Tensor::from_slice(&[c, 0.0, c + 1.0, 0.0]).view([2, 2]);
+        let train: Vec<Tensor> = (0..3).map(|c| class(10.0 * c as f32)).collect();
+        let test: Vec<Tensor> = (0..3).map(|c| class(10.0 * c as f32)).collect();
+        let scaled = |v: &[Tensor]| v.iter().map(|x| x * 2.0).collect::<Vec<_>>();
+        let mut calls = Vec::new();
+        let mut m = PrototypeMemory::new(1.0).unwrap();
+        let features = Features {
+            train: train.iter().map(Tensor::shallow_clone).collect(),
+            test: test.iter().map(Tensor::shallow_clone).collect(),
+        };
+        let r = run_class_stream_refreshing(
+            &mut m,
+            features,
+            &mut |known, l| {
+                calls.push((known, l.known()));
+                Ok((known == 2).then(|| Features {
+                    train: scaled(&train),
+                    test: scaled(&test),
+                }))
+            },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(calls, [(1, 1), (2, 2), (3, 3)]);
+        let p: Vec<f32> = m.prototypes().unwrap().reshape([-1]).try_into().unwrap();
+        assert_eq!(p, [1.0, 0.0, 21.0, 0.0, 41.0, 0.0]);
+        assert_eq!(r.rows[2], [1.0, 1.0, 1.0]);
+        // A learner that cannot relearn says so.
+        let mut head = OnlineHead::new(2, 3, 0.1).unwrap();
+        let features = Features {
+            train: train.iter().map(Tensor::shallow_clone).collect(),
+            test: test.iter().map(Tensor::shallow_clone).collect(),
+        };
+        let err = run_class_stream_refreshing(
+            &mut head,
+            features,
+            &mut |_, _| {
+                Ok(Some(Features {
+                    train: scaled(&train),
+                    test: scaled(&test),
+                }))
+            },
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("relearn"), "{err}");
     }
 }

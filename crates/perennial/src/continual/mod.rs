@@ -8,6 +8,7 @@
 //!   naive fine-tuning, joint training and experience replay, and [`run_stream`], which runs a strategy
 //!   over a stream and fills the accuracy matrix.
 //! * [`strategies`]: EWC, A-GEM and MER.
+//! * [`consolidate`]: meta-consolidation of the learner's encoder on replayed classes.
 //! * [`lamaml`]: La-MAML's look-ahead meta-update with learned learning rates.
 //! * [`checkpoint`]: checkpoints between tasks, so a killed run resumes.
 //! * [`classinc`]: class-incremental learning one class at a time (the Omniglot protocol
@@ -15,6 +16,7 @@
 
 pub mod checkpoint;
 pub mod classinc;
+pub mod consolidate;
 pub mod lamaml;
 pub mod learner;
 pub mod metrics;
