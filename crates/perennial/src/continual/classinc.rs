@@ -578,6 +578,10 @@ fn flagged(learner: &dyn ClassLearner, x: &Tensor) -> f64 {
     })
 }
 
+/// The hook of [`run_class_stream_refreshing`]: `(classes learnt, learner)` → new
+/// features for the whole stream, or `None` to keep them.
+pub type Refresh<'a> = dyn FnMut(usize, &dyn ClassLearner) -> Result<Option<Features>> + 'a;
+
 /// [`run_class_stream`] with a representation that may change along the stream: after
 /// class `c` is learnt (and its learning speed measured), `refresh(c + 1, learner)`
 /// may return new features for the whole stream (the representation was
@@ -586,7 +590,7 @@ fn flagged(learner: &dyn ClassLearner, x: &Tensor) -> f64 {
 pub fn run_class_stream_refreshing(
     learner: &mut dyn ClassLearner,
     mut features: Features,
-    refresh: &mut dyn FnMut(usize, &dyn ClassLearner) -> Result<Option<Features>>,
+    refresh: &mut Refresh<'_>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ClassRunRecord> {
     let t = features.train.len();
