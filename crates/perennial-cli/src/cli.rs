@@ -443,6 +443,10 @@ pub struct ContinualArgs {
     /// has seen its own classes' new examples.
     #[arg(long, default_value_t = 0.95)]
     pub unknown_quantile: f64,
+    /// omniglot-classes, oml: the online head's learning rate at meta-test time
+    /// (default: the step it was meta-trained with).
+    #[arg(long)]
+    pub oml_lr: Option<f64>,
     /// omniglot-classes, perennial: meta-consolidate the encoder after every this many
     /// classes, on episodes replayed from the learnt classes' training images, then
     /// rebuild the prototypes (0: never; default 50 on a ProtoNet encoder, 0 on an

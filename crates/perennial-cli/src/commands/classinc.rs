@@ -106,7 +106,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
             config.algorithm
         ),
     };
-    let oml_lr = config.oml.as_ref().map(|o| o.inner_lr);
+    let oml_lr = config.oml.as_ref().map(|o| a.oml_lr.unwrap_or(o.inner_lr));
     if a.strategy == "oml" && oml_lr.is_none() {
         bail!(
             "--strategy oml: --encoder {} is a {} run; OML's online head needs the \
