@@ -476,6 +476,10 @@ pub struct ContinualArgs {
     /// task it finished), with the same flags.
     #[arg(long)]
     pub resume: bool,
+    /// omniglot-classes: stop after this many classes, keeping the checkpoint, to
+    /// continue later with --resume.
+    #[arg(long)]
+    pub stop_after: Option<usize>,
     /// Also print {"acc", "bwt", "fwt", "forgetting", "matrix"} as one JSON line.
     #[arg(long)]
     pub json: bool,

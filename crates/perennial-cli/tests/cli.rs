@@ -1118,10 +1118,8 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
         &["none"],
     );
     // Meta-consolidation every 5 classes, two short episodes each: recorded.
-    let out = dir.path().join("consolidated");
-    let o = run(&mut args(
-        &out,
-        &[
+    let flags = |extra: &[&'static str]| {
+        let mut f = vec![
             "--strategy",
             "perennial",
             "--encoder",
@@ -1134,14 +1132,43 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
             "2",
             "--consolidate-ways",
             "3",
-        ],
-    ));
+        ];
+        f.extend_from_slice(extra);
+        f
+    };
+    let out = dir.path().join("consolidated");
+    let o = run(&mut args(&out, &flags(&[])));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
     let runs = result["consolidation"]["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(runs[1]["classes"], 10);
+    let straight: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Stopped after 7 classes (one consolidation done), then resumed: the same run.
+    let stopped = dir.path().join("stopped");
+    let o = run(&mut args(&stopped, &flags(&["--stop-after", "7"])));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+    assert!(stopped.join("checkpoint/state.json").is_file());
+    assert!(!stopped.join("result.json").exists());
+    assert_fails(&run(&mut args(&stopped, &flags(&[]))), &["unfinished run"]);
+    assert_fails(
+        &run(&mut args(
+            &stopped,
+            &flags(&["--resume", "--consolidate-lr", "0.001"]),
+        )),
+        &["consolidation"],
+    );
+    let o = run(&mut args(&stopped, &flags(&["--resume"])));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let resumed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(resumed["matrix"], straight["matrix"]);
+    assert!(!stopped.join("checkpoint").exists());
+    assert_fails(
+        &run(&mut args(&dir.path().join("fresh"), &flags(&["--resume"]))),
+        &["no checkpoint to resume"],
+    );
     bad(
         &[
             "--strategy",

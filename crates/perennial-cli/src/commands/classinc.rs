@@ -1,15 +1,18 @@
 //! `perennial continual --stream omniglot-classes`: the class-incremental Omniglot
 //! protocol of OML and ANML on a meta-learned representation.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use perennial::checkpoint::RunDir;
 use perennial::continual::classinc::{
-    run_class_stream_refreshing, ClassLearner, Features, LaMamlHead, OnlineHead, PrototypeMemory,
+    restore_class_checkpoint, run_class_stream_refreshing, save_class_checkpoint, ClassLearner,
+    Features, LaMamlHead, OnlineHead, PrototypeMemory,
 };
 use perennial::continual::consolidate::{consolidate, ConsolidationConfig};
+use perennial::continual::Checkpoints;
 use perennial::data::classinc::{ClassStream, ClassStreamSpec};
 use perennial::data::omniglot::{Split, SplitScheme};
 use perennial::data::paths;
@@ -48,9 +51,6 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
              --splits lake ...)"
         );
     };
-    if a.resume {
-        bail!("--resume: omniglot-classes runs keep no checkpoint (a run takes minutes); run it again");
-    }
     let out = &a.out;
     if out.join("result.json").exists() {
         bail!(
@@ -58,6 +58,8 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
             out.display()
         );
     }
+    let checkpoints = Checkpoints::new(out);
+    super::continual::check_resume(&checkpoints, out, a.resume)?;
     let run = RunDir::open(encoder_dir)?;
     let config = run.config()?;
     let consolidation = ConsolidationConfig {
@@ -78,7 +80,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
             a.consolidate_lr
         );
     }
-    let mut encoder = match (&config.protonet, &config.oml) {
+    let encoder = match (&config.protonet, &config.oml) {
         (Some(p), _) => {
             // The optimiser is used by meta-consolidation only.
             let mut p = p.clone();
@@ -158,42 +160,126 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         "oml" => Box::new(OnlineHead::new(dim, stream.len(), oml_lr.unwrap_or(a.lr))?.named("oml")),
         _ => Box::new(OnlineHead::new(dim, stream.len(), a.lr)?),
     };
+    let oml_or_naive_lr = match a.strategy.as_str() {
+        "naive" => Some(a.lr),
+        "oml" => oml_lr,
+        _ => None,
+    };
+    // Everything that decides the run's numbers; a resume must match it.
+    let run_config = serde_json::json!({
+        "stream": "omniglot-classes",
+        "strategy": learner.name(),
+        "spec": spec,
+        "encoder": encoder_dir.display().to_string(),
+        "lr": oml_or_naive_lr,
+        "unknown_quantile": (a.strategy == "perennial").then_some(a.unknown_quantile),
+        "lamaml": (a.strategy == "lamaml").then(|| super::continual::lamaml_config(&a)),
+        "consolidation": (consolidation.every > 0).then(|| serde_json::json!({
+            "settings": consolidation, "lr": a.consolidate_lr,
+        })),
+    });
+    let mut state = RunState {
+        encoder,
+        rng: Rng::for_item(a.seed, CONSOLIDATION_STREAM, 0),
+        consolidations: Vec::new(),
+    };
+    let (start, features) = if a.resume {
+        let r = restore_class_checkpoint(&checkpoints, &run_config, learner.as_mut())
+            .with_context(|| format!("cannot resume {}", out.display()))?;
+        let extra: Extra = serde_json::from_value(r.extra)
+            .with_context(|| format!("cannot resume {}: corrupt checkpoint", out.display()))?;
+        state.rng = extra.rng;
+        state.consolidations = extra.consolidations;
+        let features = match &mut state.encoder {
+            Encoder::Proto(net) if !r.tensors.is_empty() => {
+                net.load_training_state(&r.tensors)?;
+                state.encoder.encode_all(&stream, quiet)
+            }
+            _ => features,
+        };
+        tracing::info!(classes = r.record.rows.len(), "resuming");
+        (r.record, features)
+    } else {
+        (Default::default(), features)
+    };
+    let state = RefCell::new(state);
+    let stopped = std::cell::Cell::new(false);
     let pb = bar(stream.len() as u64, learner.name(), quiet);
-    let mut rng = Rng::for_item(a.seed, CONSOLIDATION_STREAM, 0);
-    let mut consolidations = Vec::new();
+    pb.set_position(start.rows.len() as u64);
     let total = stream.len();
     let record = run_class_stream_refreshing(
         learner.as_mut(),
         features,
+        start,
         &mut |known, _| {
             if !consolidation.due(known, total) {
                 return Ok(None);
             }
-            let Encoder::Proto(net) = &mut encoder else {
+            let mut st = state.borrow_mut();
+            let RunState {
+                encoder,
+                rng,
+                consolidations,
+            } = &mut *st;
+            let Encoder::Proto(net) = encoder else {
                 return Ok(None);
             };
             pb.set_message(format!("consolidating after {known} classes"));
-            let side = stream.side();
             let r = consolidate(
                 net,
                 &consolidation,
                 known,
-                side,
+                stream.side(),
                 &mut |c| stream.images(c, Part::Train),
-                &mut rng,
+                rng,
             )?;
             consolidations.push(serde_json::json!({
                 "classes": known, "loss": r.loss, "accuracy": r.accuracy,
             }));
             Ok(Some(encoder.encode_all(&stream, true)))
         },
+        &mut |record, learner| {
+            let done = record.rows.len();
+            let stop = a.stop_after == Some(done) && done < total;
+            if (done % CHECKPOINT_EVERY != 0 || done == total) && !stop {
+                return Ok(());
+            }
+            let st = state.borrow();
+            let tensors = match &st.encoder {
+                Encoder::Proto(net) if consolidation.every > 0 => net.training_state(),
+                _ => Vec::new(),
+            };
+            let extra = serde_json::json!({
+                "rng": st.rng, "consolidations": st.consolidations,
+            });
+            save_class_checkpoint(&checkpoints, &run_config, record, learner, tensors, extra)?;
+            if stop {
+                stopped.set(true);
+                return Err(perennial::error::Error::config(
+                    "--stop-after",
+                    done,
+                    "reached",
+                ));
+            }
+            Ok(())
+        },
         &mut |done, total| {
             pb.set_position(done as u64);
             pb.set_message(format!("class {done}/{total}"));
         },
-    )?;
+    );
     pb.finish_and_clear();
-    let wall_s = t0.elapsed().as_secs_f64();
+    if stopped.get() {
+        eprintln!(
+            "stopped after {} classes as asked; continue with the same flags and --resume ({})",
+            a.stop_after.unwrap_or(0),
+            out.display()
+        );
+        return Ok(());
+    }
+    let record = record?;
+    let consolidations = state.into_inner().consolidations;
+    let wall_s = encode_s + record.wall_s;
     let matrix = record.matrix()?;
     let m = matrix.metrics();
     let seen = matrix.seen_accuracy();
@@ -205,11 +291,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         "strategy": learner.name(),
         "spec": spec,
         "encoder": encoder_dir.display().to_string(),
-        "lr": match a.strategy.as_str() {
-            "naive" => Some(a.lr),
-            "oml" => oml_lr,
-            _ => None,
-        },
+        "lr": oml_or_naive_lr,
         "encoder_algorithm": config.algorithm,
         "unknown_quantile": (a.strategy == "perennial").then_some(a.unknown_quantile),
         "lamaml": (a.strategy == "lamaml").then(|| super::continual::lamaml_config(&a)),
@@ -252,6 +334,12 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         &out.join("result.json"),
         &serde_json::to_string_pretty(&result)?,
     )?;
+    // The run is finished: its checkpoint has served.
+    let ck_dir = out.join("checkpoint");
+    if ck_dir.exists() {
+        std::fs::remove_dir_all(&ck_dir)
+            .with_context(|| format!("cannot remove {}", ck_dir.display()))?;
+    }
     if a.json {
         let line = serde_json::json!({
             "acc": m.acc, "bwt": m.bwt, "fwt": m.fwt, "forgetting": m.forgetting,
@@ -296,6 +384,24 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Classes between checkpoints.
+const CHECKPOINT_EVERY: usize = 10;
+
+/// What the run carries besides the learner: the encoder, consolidation's generator
+/// and its log.
+struct RunState {
+    encoder: Encoder,
+    rng: Rng,
+    consolidations: Vec<serde_json::Value>,
+}
+
+/// The JSON a checkpoint keeps of [`RunState`].
+#[derive(serde::Deserialize)]
+struct Extra {
+    rng: Rng,
+    consolidations: Vec<serde_json::Value>,
 }
 
 /// The generator stream of consolidation episodes.

@@ -25,6 +25,9 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
     if a.stream == "omniglot-classes" {
         return super::classinc::continual_classes(a, quiet);
     }
+    if a.stop_after.is_some() {
+        bail!("--stop-after: omniglot-classes only (MNIST runs checkpoint after every task)");
+    }
     if a.encoder.is_some() {
         bail!("--encoder: only the omniglot-classes stream takes a meta-learned encoder");
     }
@@ -95,19 +98,7 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
         );
     }
     let checkpoints = Checkpoints::new(out);
-    if checkpoints.exists() && !a.resume {
-        bail!(
-            "{}: holds an unfinished run (checkpoint/); pass --resume to continue it, or \
-             choose another --out",
-            out.display()
-        );
-    }
-    if a.resume && !checkpoints.exists() {
-        bail!(
-            "--resume: {} holds no checkpoint to resume from",
-            out.display()
-        );
-    }
+    check_resume(&checkpoints, out, a.resume)?;
     // Everything that decides the run's numbers; a resume must match it.
     let config = serde_json::json!({
         "stream": name.as_str(),
@@ -271,6 +262,25 @@ fn mer_config(a: &ContinualArgs) -> MerConfig {
         beta: a.mer_beta,
         gamma: a.mer_gamma,
     }
+}
+
+/// Refuses to overwrite an unfinished run without `--resume`, and `--resume` without a
+/// checkpoint.
+pub fn check_resume(checkpoints: &Checkpoints, out: &Path, resume: bool) -> Result<()> {
+    if checkpoints.exists() && !resume {
+        bail!(
+            "{}: holds an unfinished run (checkpoint/); pass --resume to continue it, or \
+             choose another --out",
+            out.display()
+        );
+    }
+    if resume && !checkpoints.exists() {
+        bail!(
+            "--resume: {} holds no checkpoint to resume from",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// La-MAML's settings from the flags; the replay draw per glance is one batch.

@@ -1,6 +1,8 @@
 //! Checkpoints of a run over a stream, written after the untrained baseline and after
 //! every task, so that a killed run resumes at the next task and ends with the same
-//! accuracy matrix as an uninterrupted one.
+//! accuracy matrix as an uninterrupted one. The class-incremental stream keeps its
+//! checkpoints in the same layout with other tensor groups
+//! ([`super::classinc::save_class_checkpoint`]: `learner-K`, `caller-K`).
 //!
 //! ```text
 //! RUN_DIR/checkpoint/state.json               the run's config, its record so far,
@@ -63,14 +65,6 @@ impl Checkpoints {
         self.state_path().is_file()
     }
 
-    fn model_path(&self, k: usize) -> PathBuf {
-        self.dir.join(format!("model-{k}.safetensors"))
-    }
-
-    fn strategy_path(&self, k: usize) -> PathBuf {
-        self.dir.join(format!("strategy-{k}.safetensors"))
-    }
-
     /// Writes the checkpoint after `record.tasks_done()` tasks.
     pub fn save(
         &self,
@@ -79,42 +73,20 @@ impl Checkpoints {
         model: &Classifier,
         strategy: &dyn Strategy,
     ) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::run(&self.dir, e.to_string()))?;
-        let k = record.tasks_done();
-        save_named(&model.params.named(""), &self.model_path(k))?;
         let state = strategy.state();
-        if !state.tensors.is_empty() {
-            let named: Vec<(String, tch::Tensor)> = state
-                .tensors
-                .iter()
-                .map(|(n, t)| (n.clone(), t.detach()))
-                .collect();
-            save_named(&named, &self.strategy_path(k))?;
-        }
         let saved = SavedState {
             config: config.clone(),
             record: record.clone(),
             strategy: state.meta,
         };
-        let text = serde_json::to_string(&saved).expect("state serialises");
-        let path = self.state_path();
-        let tmp = self.dir.join(".state.json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| Error::run(&tmp, e.to_string()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::run(&path, e.to_string()))?;
-        // Older steps are no longer pointed at.
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            let keep = [self.model_path(k), self.strategy_path(k)];
-            for e in entries.flatten() {
-                let p = e.path();
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                let ours = name.starts_with("model-") || name.starts_with("strategy-");
-                if ours && !keep.contains(&p) {
-                    let _ = std::fs::remove_file(&p);
-                }
-            }
-        }
-        Ok(())
+        self.write_step(
+            record.tasks_done(),
+            &[
+                ("model", model.params.named("")),
+                ("strategy", state.tensors),
+            ],
+            &saved,
+        )
     }
 
     /// Reads the checkpoint and restores `model` and `strategy` to it. `config` is the
@@ -126,35 +98,94 @@ impl Checkpoints {
         model: &mut Classifier,
         strategy: &mut dyn Strategy,
     ) -> Result<Restored> {
-        let path = self.state_path();
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::run(&path, e.to_string()))?;
-        let saved: SavedState = serde_json::from_str(&text)
-            .map_err(|e| Error::run(&path, format!("corrupt checkpoint state: {e}")))?;
-        if let Some(diff) = first_difference(&saved.config, config) {
-            return Err(Error::run(
-                &path,
-                format!(
-                    "was written by another configuration ({diff}); resume with the same flags"
-                ),
-            ));
-        }
+        let saved: SavedState = self.read_state()?;
+        self.check_config(&saved.config, config)?;
         let k = saved.record.tasks_done();
-        let named = load_named(&self.model_path(k))?;
+        let named = self.read_group("model", k)?;
         model.params.load_named(&named, "")?;
-        let strategy_file = self.strategy_path(k);
-        let tensors = if strategy_file.is_file() {
-            load_named(&strategy_file)?
-        } else {
-            Vec::new()
-        };
         strategy.restore(StrategyState {
-            tensors,
+            tensors: self.read_group("strategy", k)?,
             meta: saved.strategy,
         })?;
         Ok(Restored {
             config: saved.config,
             record: saved.record,
         })
+    }
+
+    fn group_path(&self, prefix: &str, k: usize) -> PathBuf {
+        self.dir.join(format!("{prefix}-{k}.safetensors"))
+    }
+
+    /// Writes step `k`: each non-empty group of named tensors to
+    /// `PREFIX-k.safetensors`, then `state` as `state.json` (atomically), then removes
+    /// the tensor files of other steps.
+    pub fn write_step<S: serde::Serialize>(
+        &self,
+        k: usize,
+        groups: &[(&str, Vec<(String, tch::Tensor)>)],
+        state: &S,
+    ) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::run(&self.dir, e.to_string()))?;
+        let mut keep = Vec::new();
+        for (prefix, named) in groups {
+            if named.is_empty() {
+                continue;
+            }
+            let named: Vec<(String, tch::Tensor)> =
+                named.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+            let path = self.group_path(prefix, k);
+            save_named(&named, &path)?;
+            keep.push(path);
+        }
+        let text = serde_json::to_string(state).expect("state serialises");
+        let path = self.state_path();
+        let tmp = self.dir.join(".state.json.tmp");
+        std::fs::write(&tmp, text).map_err(|e| Error::run(&tmp, e.to_string()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::run(&path, e.to_string()))?;
+        // Older steps are no longer pointed at.
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let tensors = p.extension().is_some_and(|x| x == "safetensors");
+                if tensors && !keep.contains(&p) {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `state.json`.
+    pub fn read_state<S: serde::de::DeserializeOwned>(&self) -> Result<S> {
+        let path = self.state_path();
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::run(&path, e.to_string()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::run(&path, format!("corrupt checkpoint state: {e}")))
+    }
+
+    /// The tensors of group `prefix` at step `k` (none when the group was empty).
+    pub fn read_group(&self, prefix: &str, k: usize) -> Result<Vec<(String, tch::Tensor)>> {
+        let path = self.group_path(prefix, k);
+        if path.is_file() {
+            load_named(&path)
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Refuses a checkpoint written by another configuration than `asked`, naming the
+    /// first setting that differs.
+    pub fn check_config(&self, saved: &serde_json::Value, asked: &serde_json::Value) -> Result<()> {
+        match first_difference(saved, asked) {
+            Some(diff) => Err(Error::run(
+                self.state_path(),
+                format!(
+                    "was written by another configuration ({diff}); resume with the same flags"
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 }
 

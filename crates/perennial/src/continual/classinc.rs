@@ -29,9 +29,9 @@
 use tch::{Kind, Tensor};
 
 use super::lamaml::{LaMamlConfig, LookAhead};
-use super::learner::SpeedPoint;
+use super::learner::{SpeedPoint, StrategyState};
 use super::metrics::AccuracyMatrix;
-use super::Reservoir;
+use super::{Checkpoints, Reservoir};
 use crate::error::{Error, Result};
 use crate::nn::ParamSet;
 
@@ -55,6 +55,12 @@ pub trait ClassLearner {
 
     /// The number of classes known.
     fn known(&self) -> usize;
+
+    /// Everything the learner holds, for a checkpoint.
+    fn state(&self) -> StrategyState;
+
+    /// Restores a state [`ClassLearner::state`] returned.
+    fn restore(&mut self, state: StrategyState) -> Result<()>;
 
     /// Forgets everything and learns classes `0..train.len()` again from `train[c]`
     /// (`[n_c, d]`, in order): what a learner does when its representation changed.
@@ -196,6 +202,38 @@ impl ClassLearner for PrototypeMemory {
         Ok(())
     }
 
+    fn state(&self) -> StrategyState {
+        StrategyState {
+            tensors: self
+                .sums
+                .iter()
+                .enumerate()
+                .map(|(c, t)| (format!("sum.{c}"), t.shallow_clone()))
+                .collect(),
+            meta: serde_json::json!({ "counts": self.counts, "held_out": self.held_out }),
+        }
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        let counts: Vec<usize> = state.field("perennial", "counts")?;
+        let held_out: Vec<f64> = state.field("perennial", "held_out")?;
+        let sums = indexed(&state.tensors, "sum.", counts.len())?;
+        self.protos = if sums.is_empty() {
+            None
+        } else {
+            let rows: Vec<Tensor> = sums
+                .iter()
+                .zip(&counts)
+                .map(|(s, &m)| s / m as f64)
+                .collect();
+            Some(Tensor::stack(&rows, 0))
+        };
+        self.sums = sums;
+        self.counts = counts;
+        self.held_out = held_out;
+        Ok(())
+    }
+
     fn scores(&self, features: &Tensor) -> Tensor {
         match self.distances(features) {
             Some(d) => -d,
@@ -260,6 +298,20 @@ impl LaMamlHead {
     }
 }
 
+/// Tensors `PREFIX0..PREFIX{n-1}` of a saved state, in order.
+fn indexed(tensors: &[(String, Tensor)], prefix: &str, n: usize) -> Result<Vec<Tensor>> {
+    (0..n)
+        .map(|i| {
+            let name = format!("{prefix}{i}");
+            tensors
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, t)| t.detach().copy())
+                .ok_or_else(|| Error::config("learner state", name, "missing from the checkpoint"))
+        })
+        .collect()
+}
+
 /// The logits of a linear head `{weight [d, C], bias [C]}` over its first `known` classes.
 fn head_logits(params: &ParamSet, x: &Tensor, known: usize) -> Tensor {
     let k = known as i64;
@@ -310,6 +362,32 @@ impl ClassLearner for LaMamlHead {
         let v = Vec::<f32>::try_from(x.view([-1]))
             .map_err(|e: tch::TchError| Error::config("features", "tensor", e.to_string()))?;
         self.buffer.offer((label, v));
+        Ok(())
+    }
+
+    fn state(&self) -> StrategyState {
+        let mut tensors = self.params.named("head.");
+        tensors.extend(
+            self.look
+                .alphas()
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("alpha.{i}"), a.detach())),
+        );
+        StrategyState {
+            tensors,
+            meta: serde_json::json!({ "known": self.known, "buffer": self.buffer }),
+        }
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        self.known = state.field("lamaml", "known")?;
+        self.buffer = state.field("lamaml", "buffer")?;
+        let mut params = self.params.detached_copy();
+        params.load_named(&state.tensors, "head.")?;
+        self.params = params.requires_grad();
+        let alphas = indexed(&state.tensors, "alpha.", self.params.len())?;
+        self.look = LookAhead::from_alphas(&self.params, alphas, &self.config)?;
         Ok(())
     }
 
@@ -397,6 +475,32 @@ impl ClassLearner for OnlineHead {
         Ok(())
     }
 
+    fn state(&self) -> StrategyState {
+        StrategyState {
+            tensors: vec![
+                ("weight".into(), self.weight.shallow_clone()),
+                ("bias".into(), self.bias.shallow_clone()),
+            ],
+            meta: serde_json::json!({ "known": self.known }),
+        }
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        self.known = state.field(self.name, "known")?;
+        for (name, t) in &state.tensors {
+            let target = match name.as_str() {
+                "weight" => &mut self.weight,
+                "bias" => &mut self.bias,
+                _ => continue,
+            };
+            if target.size() != t.size() {
+                return Err(Error::config("learner state", name, "has another shape"));
+            }
+            *target = t.detach().copy();
+        }
+        Ok(())
+    }
+
     fn scores(&self, features: &Tensor) -> Tensor {
         let k = self.known as i64;
         features
@@ -423,7 +527,7 @@ pub struct UnknownRates {
 }
 
 /// Everything measured over a class-incremental stream.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClassRunRecord {
     /// `R[i][j]`: accuracy on class `j`'s test images after learning classes `0..=i`.
     pub rows: Vec<Vec<f64>>,
@@ -479,7 +583,9 @@ pub fn run_class_stream(
             train: copy(train),
             test: copy(test),
         },
+        ClassRunRecord::default(),
         &mut |_, _| Ok(None),
+        &mut |_, _| Ok(()),
         progress,
     )
 }
@@ -587,10 +693,15 @@ pub type Refresh<'a> = dyn FnMut(usize, &dyn ClassLearner) -> Result<Option<Feat
 /// may return new features for the whole stream (the representation was
 /// consolidated); the learner then relearns classes `0..=c` from their new training
 /// features ([`ClassLearner::relearn`]) before the stream's row `c` is measured.
+/// `class_done(record, learner)` follows each class (checkpoints). The run starts
+/// after the classes `start` holds (a resumed run: `learner` and `features` restored
+/// to that point), or from the beginning with `ClassRunRecord::default()`.
 pub fn run_class_stream_refreshing(
     learner: &mut dyn ClassLearner,
     mut features: Features,
+    start: ClassRunRecord,
     refresh: &mut Refresh<'_>,
+    class_done: &mut dyn FnMut(&ClassRunRecord, &dyn ClassLearner) -> Result<()>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ClassRunRecord> {
     let t = features.train.len();
@@ -603,12 +714,21 @@ pub fn run_class_stream_refreshing(
     }
     let clock = std::time::Instant::now();
     let points = protocol_points(t);
+    let first = start.rows.len();
+    if first > t || start.speed.len() != first || learner.known() != first {
+        return Err(Error::config(
+            "resumed record",
+            format!("{first} classes, the learner {}", learner.known()),
+            format!("must agree, and the stream has {t}"),
+        ));
+    }
     let mut test = TestSet::new(&features.test);
-    let mut rows = Vec::with_capacity(t);
-    let mut speed = Vec::with_capacity(t);
-    let mut accuracy_at = Vec::new();
-    let mut unknown = Vec::new();
-    for c in 0..t {
+    let mut record = ClassRunRecord {
+        points: points.clone(),
+        ..start
+    };
+    let wall_before = record.wall_s;
+    for c in first..t {
         let train_c = &features.train[c];
         let n = train_c.size()[0] as usize;
         let mut s = vec![SpeedPoint {
@@ -632,7 +752,7 @@ pub fn run_class_stream_refreshing(
                 }));
             }
         }
-        speed.push(s);
+        record.speed.push(s);
         if let Some(new) = refresh(c + 1, learner)? {
             if new.train.len() != t || new.test.len() != t {
                 return Err(Error::config(
@@ -649,27 +769,92 @@ pub fn run_class_stream_refreshing(
         if points.contains(&(c + 1)) {
             let known_n = test.offsets[c] + test.sizes[c];
             let total: f64 = (0..=c).map(|j| r[j] * test.sizes[j] as f64).sum();
-            accuracy_at.push(total / known_n as f64);
+            record.accuracy_at.push(total / known_n as f64);
             let novel = (c + 1 < t).then(|| {
                 let end = (c + 1 + NOVEL_CLASSES).min(t);
                 flagged(learner, &test.classes(c + 1, end))
             });
-            unknown.push(UnknownRates {
+            record.unknown.push(UnknownRates {
                 classes: c + 1,
                 known_flagged: flagged(learner, &test.classes(0, c + 1)),
                 novel_flagged: novel,
             });
         }
-        rows.push(r);
+        record.rows.push(r);
+        record.wall_s = wall_before + clock.elapsed().as_secs_f64();
+        class_done(&record, learner)?;
         progress(c + 1, t);
     }
-    Ok(ClassRunRecord {
-        rows,
-        points,
-        accuracy_at,
-        speed,
-        unknown,
-        wall_s: clock.elapsed().as_secs_f64(),
+    Ok(record)
+}
+
+/// What the `state.json` of a class-stream checkpoint holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClassSaved {
+    /// The run's configuration; a resume must match it.
+    pub config: serde_json::Value,
+    /// Everything measured so far.
+    pub record: ClassRunRecord,
+    /// The JSON part of the learner's state.
+    pub learner: serde_json::Value,
+    /// The caller's own JSON state (generator, consolidation log).
+    pub extra: serde_json::Value,
+}
+
+/// A restored class-stream checkpoint: the record to resume from, and the caller's
+/// tensors (the encoder) and JSON.
+#[derive(Debug)]
+pub struct ClassRestored {
+    /// The record to resume from.
+    pub record: ClassRunRecord,
+    /// The caller's tensors.
+    pub tensors: Vec<(String, Tensor)>,
+    /// The caller's JSON state.
+    pub extra: serde_json::Value,
+}
+
+/// Writes a checkpoint of a class stream after `record.rows.len()` classes: the
+/// learner's state, and the caller's `tensors` (e.g. a consolidated encoder) and
+/// `extra` JSON.
+pub fn save_class_checkpoint(
+    ck: &Checkpoints,
+    config: &serde_json::Value,
+    record: &ClassRunRecord,
+    learner: &dyn ClassLearner,
+    tensors: Vec<(String, Tensor)>,
+    extra: serde_json::Value,
+) -> Result<()> {
+    let state = learner.state();
+    let saved = ClassSaved {
+        config: config.clone(),
+        record: record.clone(),
+        learner: state.meta,
+        extra,
+    };
+    ck.write_step(
+        record.rows.len(),
+        &[("learner", state.tensors), ("caller", tensors)],
+        &saved,
+    )
+}
+
+/// Reads a class-stream checkpoint written for `config` and restores `learner` to it.
+pub fn restore_class_checkpoint(
+    ck: &Checkpoints,
+    config: &serde_json::Value,
+    learner: &mut dyn ClassLearner,
+) -> Result<ClassRestored> {
+    let saved: ClassSaved = ck.read_state()?;
+    ck.check_config(&saved.config, config)?;
+    let k = saved.record.rows.len();
+    learner.restore(StrategyState {
+        tensors: ck.read_group("learner", k)?,
+        meta: saved.learner,
+    })?;
+    Ok(ClassRestored {
+        record: saved.record,
+        tensors: ck.read_group("caller", k)?,
+        extra: saved.extra,
     })
 }
 
@@ -746,9 +931,10 @@ mod tests {
     /// one class at a time: the plain online head ends up predicting its newest
     /// classes, La-MAML's replayed meta-loss keeps the old ones (higher accuracy and
     /// backward transfer), and a La-MAML learner is deterministic per seed.
-    #[test]
-    fn lamaml_head_forgets_less_than_the_online_head() {
-        let mut rng = crate::data::Rng::new(11);
+    /// `classes` Gaussian classes in 16-D (means N(0, 4I), spread 0.5), 15 training
+    /// and 10 test points each.
+    fn gaussian_classes(classes: usize, seed: u64) -> (Vec<Tensor>, Vec<Tensor>) {
+        let mut rng = crate::data::Rng::new(seed);
         // Box–Muller from the uniform generator.
         let mut normal = |n: usize| -> Vec<f32> {
             (0..n)
@@ -759,7 +945,7 @@ mod tests {
                 .collect()
         };
         let dim = 16;
-        let means: Vec<Vec<f32>> = (0..20).map(|_| normal(dim)).collect();
+        let means: Vec<Vec<f32>> = (0..classes).map(|_| normal(dim)).collect();
         let mut points = |c: usize, n: usize| {
             let noise = normal(n * dim);
             let v: Vec<f32> = (0..n * dim)
@@ -767,8 +953,19 @@ mod tests {
                 .collect();
             Tensor::from_slice(&v).view([n as i64, dim as i64])
         };
-        let train: Vec<Tensor> = (0..20).map(|c| points(c, 15)).collect();
-        let test: Vec<Tensor> = (0..20).map(|c| points(c, 10)).collect();
+        let train: Vec<Tensor> = (0..classes).map(|c| points(c, 15)).collect();
+        let test: Vec<Tensor> = (0..classes).map(|c| points(c, 10)).collect();
+        (train, test)
+    }
+
+    /// Twenty Gaussian classes in 16-D, learnt one class at a time: the plain online
+    /// head ends up predicting its newest classes, La-MAML's replayed meta-loss keeps
+    /// the old ones (higher accuracy and backward transfer), and a La-MAML learner is
+    /// deterministic per seed.
+    #[test]
+    fn lamaml_head_forgets_less_than_the_online_head() {
+        let dim = 16;
+        let (train, test) = gaussian_classes(20, 11);
         let mut head = OnlineHead::new(dim, 20, 0.15).unwrap();
         let h = run_class_stream(&mut head, &train, &test, &mut |_, _| {}).unwrap();
         let run = || {
@@ -807,6 +1004,7 @@ mod tests {
         let r = run_class_stream_refreshing(
             &mut m,
             features,
+            ClassRunRecord::default(),
             &mut |known, l| {
                 calls.push((known, l.known()));
                 Ok((known == 2).then(|| Features {
@@ -814,6 +1012,7 @@ mod tests {
                     test: scaled(&test),
                 }))
             },
+            &mut |_, _| Ok(()),
             &mut |_, _| {},
         )
         .unwrap();
@@ -830,15 +1029,78 @@ mod tests {
         let err = run_class_stream_refreshing(
             &mut head,
             features,
+            ClassRunRecord::default(),
             &mut |_, _| {
                 Ok(Some(Features {
                     train: scaled(&train),
                     test: scaled(&test),
                 }))
             },
+            &mut |_, _| Ok(()),
             &mut |_, _| {},
         )
         .unwrap_err();
         assert!(err.to_string().contains("relearn"), "{err}");
+    }
+
+    /// A run killed after a checkpoint and resumed from it ends with the record of an
+    /// uninterrupted run, for every learner.
+    #[test]
+    fn a_class_stream_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one() {
+        let (train, test) = gaussian_classes(12, 7);
+        type Make = fn() -> Box<dyn ClassLearner>;
+        let makers: [Make; 3] = [
+            || Box::new(PrototypeMemory::new(0.9).unwrap()),
+            || Box::new(OnlineHead::new(16, 12, 0.1).unwrap()),
+            || Box::new(LaMamlHead::new(16, 12, LaMamlConfig::default(), 2).unwrap()),
+        ];
+        let features = || Features {
+            train: train.iter().map(Tensor::shallow_clone).collect(),
+            test: test.iter().map(Tensor::shallow_clone).collect(),
+        };
+        let config = serde_json::json!({"test": "resume"});
+        for make in makers {
+            let mut straight = make();
+            let s = run_class_stream(straight.as_mut(), &train, &test, &mut |_, _| {}).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let ck = Checkpoints::new(dir.path());
+            let mut learner = make();
+            let killed = run_class_stream_refreshing(
+                learner.as_mut(),
+                features(),
+                ClassRunRecord::default(),
+                &mut |_, _| Ok(None),
+                &mut |r, l| {
+                    if r.rows.len() % 4 == 0 {
+                        let extra = serde_json::json!({"classes": r.rows.len()});
+                        save_class_checkpoint(&ck, &config, r, l, Vec::new(), extra)?;
+                    }
+                    if r.rows.len() == 10 {
+                        return Err(Error::config("kill", 10, "simulated"));
+                    }
+                    Ok(())
+                },
+                &mut |_, _| {},
+            );
+            assert!(killed.is_err());
+            let mut learner = make();
+            let restored = restore_class_checkpoint(&ck, &config, learner.as_mut()).unwrap();
+            assert_eq!(restored.record.rows.len(), 8, "{}", learner.name());
+            assert_eq!(restored.extra["classes"], 8);
+            let mut r = run_class_stream_refreshing(
+                learner.as_mut(),
+                features(),
+                restored.record,
+                &mut |_, _| Ok(None),
+                &mut |_, _| Ok(()),
+                &mut |_, _| {},
+            )
+            .unwrap();
+            r.wall_s = s.wall_s;
+            assert_eq!(r, s, "{}", learner.name());
+            let other = serde_json::json!({"test": "other"});
+            let err = restore_class_checkpoint(&ck, &other, make().as_mut()).unwrap_err();
+            assert!(err.to_string().contains("test"), "{err}");
+        }
     }
 }
