@@ -392,7 +392,9 @@ pub struct ContinualArgs {
     /// Seed of the stream, the network and the buffer.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Training batch size (one pass over each task).
+    /// Training batch size (one pass over each task); mer and lamaml also draw this
+    /// many examples from their buffer per update (on omniglot-classes, lamaml's
+    /// draw: images arrive one at a time).
     #[arg(long, default_value_t = 10)]
     pub batch: usize,
     /// SGD learning rate.
