@@ -26,6 +26,8 @@ const GROUP_KEYS: &[&str] = &[
     "mer",
     "encoder",
     "unknown_quantile",
+    "lamaml",
+    "consolidation",
 ];
 
 /// The numbers compared.
@@ -89,6 +91,8 @@ impl Run {
             let mut v = self.result.get(k).cloned().unwrap_or(Value::Null);
             if let Some(spec) = v.as_object_mut() {
                 spec.remove("seed");
+                // Meta-consolidation's log differs from run to run; its settings do not.
+                spec.remove("runs");
             }
             key.insert(k.into(), v);
         }
@@ -109,6 +113,12 @@ impl Run {
                 .get(*k)
                 .filter(|v| !v.is_null())
                 .map(|v| format!(" ({name} {v})"))
+        })
+        .or_else(|| {
+            self.result
+                .get("consolidation")
+                .and_then(|c| c.pointer("/settings/every"))
+                .map(|every| format!(" (consolidate/{every})"))
         })
         .unwrap_or_default();
         format!("{strategy}{param}")
