@@ -1060,7 +1060,7 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
     assert_eq!(line["matrix"].as_array().unwrap().len(), 30);
     let acc = line["acc"].as_f64().unwrap();
     assert!(acc > 0.3 && acc <= 1.0, "{acc}");
-    for f in ["result.json", "matrix.csv", "accuracy.svg"] {
+    for f in ["result.json", "matrix.csv", "matrix.svg", "accuracy.svg"] {
         assert!(out.join(f).is_file(), "{f}");
     }
     let result: serde_json::Value =

@@ -23,6 +23,8 @@ use perennial::meta::oml::Oml;
 use perennial::meta::MetaLearner;
 use tch::{Device, Tensor};
 
+use perennial::plot::heat_map;
+
 use super::continual::{curve_plot, write};
 use crate::cli::ContinualArgs;
 use crate::progress::bar;
@@ -318,6 +320,18 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     });
     write(&out.join("matrix.csv"), &matrix.to_csv())?;
     let title = format!("{} on omniglot-classes", learner.name());
+    let (labels, blocks) = block_matrix(&matrix.r, 30);
+    write(
+        &out.join("matrix.svg"),
+        &heat_map(
+            &format!("Accuracy matrix, blocks of classes: {title}"),
+            "after learning classes",
+            "tested on classes",
+            &labels,
+            &labels,
+            &blocks,
+        ),
+    )?;
     write(
         &out.join("accuracy.svg"),
         &curve_plot(
@@ -386,6 +400,44 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// The matrix `r` (`t × t`, lower triangle) averaged over blocks of classes, at most
+/// `max_blocks` a side: block `(I, J)` is the mean of `r[i][j]` over `i` in `I`, `j` in
+/// `J` and `j ≤ i` (zero where no class of `J` is known yet). Returns the blocks' labels.
+fn block_matrix(r: &[Vec<f64>], max_blocks: usize) -> (Vec<String>, Vec<Vec<f64>>) {
+    let t = r.len();
+    let size = t.div_ceil(max_blocks.max(1)).max(1);
+    let n = t.div_ceil(size);
+    let span = |b: usize| b * size..((b + 1) * size).min(t);
+    let labels = (0..n)
+        .map(|b| {
+            let s = span(b);
+            if s.len() == 1 {
+                format!("{}", s.start + 1)
+            } else {
+                format!("{}-{}", s.start + 1, s.end)
+            }
+        })
+        .collect();
+    let blocks = (0..n)
+        .map(|bi| {
+            (0..n)
+                .map(|bj| {
+                    let cells: Vec<f64> = span(bi)
+                        .flat_map(|i| span(bj).filter(move |&j| j <= i).map(move |j| (i, j)))
+                        .map(|(i, j)| r[i][j])
+                        .collect();
+                    if cells.is_empty() {
+                        0.0
+                    } else {
+                        cells.iter().sum::<f64>() / cells.len() as f64
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    (labels, blocks)
+}
+
 /// Classes between checkpoints.
 const CHECKPOINT_EVERY: usize = 10;
 
@@ -442,5 +494,28 @@ impl Encoder {
         }
         pb.finish_and_clear();
         Features { train, test }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_average_the_known_cells() {
+        let r = vec![
+            vec![1.0, 0.0, 0.0],
+            vec![0.5, 1.0, 0.0],
+            vec![0.2, 0.4, 0.6],
+        ];
+        let (labels, b) = block_matrix(&r, 2);
+        assert_eq!(labels, ["1-2", "3"]);
+        assert_eq!(b[0][0], (1.0 + 0.5 + 1.0) / 3.0);
+        assert_eq!(b[0][1], 0.0);
+        assert_eq!(b[1][0], (0.2 + 0.4) / 2.0);
+        assert_eq!(b[1][1], 0.6);
+        let (labels, b) = block_matrix(&r, 30);
+        assert_eq!(labels, ["1", "2", "3"]);
+        assert_eq!(b, r);
     }
 }
