@@ -17,7 +17,9 @@ def ms(values, scale=100.0, digits=2):
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-COLOURS = {"naive": "#777777", "ewc": "#1f77b4", "agem": "#2ca02c", "er": "#d62728", "joint": "#9467bd"}
+COLOURS = {"naive": "#777777", "ewc": "#1f77b4", "agem": "#2ca02c", "er": "#d62728", "joint": "#9467bd",
+           "mer": "#ff7f0e", "lamaml": "#17becf"}
+STREAM_NAMES = {"permuted-mnist": "Permuted-MNIST", "rotated-mnist": "Rotated-MNIST", "split-mnist": "Split-MNIST"}
 
 
 def seen_curve(matrix):
@@ -26,6 +28,8 @@ def seen_curve(matrix):
 
 
 def svg_plot(rows, path):
+    streams = {r.get("stream", "permuted-mnist") for rs in rows.values() for r in rs}
+    title = " / ".join(STREAM_NAMES.get(t, t) for t in sorted(streams))
     w, h, left, right, top, bottom = 760, 460, 60, 190, 40, 50
     curves = []
     for (strategy, system), rs in sorted(rows.items()):
@@ -37,7 +41,7 @@ def svg_plot(rows, path):
     y = lambda v: top + (1 - v) * (h - top - bottom)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
            f'<rect width="{w}" height="{h}" fill="white"/>',
-           f'<text x="{w / 2}" y="22" text-anchor="middle" font-size="14">Permuted-MNIST, GEM protocol: accuracy on tasks seen (mean over seeds)</text>']
+           f'<text x="{w / 2}" y="22" text-anchor="middle" font-size="14">{title}, GEM protocol: accuracy on tasks seen (mean over seeds)</text>']
     for v in [0, 0.2, 0.4, 0.6, 0.8, 1.0]:
         out.append(f'<line x1="{left}" x2="{w - right}" y1="{y(v)}" y2="{y(v)}" stroke="#ddd"/>')
         out.append(f'<text x="{left - 6}" y="{y(v) + 4}" text-anchor="end">{v:.1f}</text>')
