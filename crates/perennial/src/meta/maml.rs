@@ -254,13 +254,7 @@ impl Maml {
                 .forward_tasks(&fast, &xs)
                 .expect("checked by batchable");
             let loss = self.net.task_losses(&out, &ys).sum(out.kind());
-            let grads = Tensor::run_backward(
-                &[&loss],
-                &inner.adapted_tensors(&fast),
-                create_graph,
-                create_graph,
-            );
-            fast = inner.update(&fast, &grads);
+            fast = inner.step(&fast, &loss, create_graph, create_graph);
         }
         let out = self
             .net
@@ -428,6 +422,24 @@ impl Inner<'_> {
         })
     }
 
+    /// One inner step: the gradient of `loss` with respect to `fast`'s adapted tensors
+    /// (with `create_graph`, differentiable again), then [`Inner::update`].
+    fn step(
+        &self,
+        fast: &ParamSet,
+        loss: &Tensor,
+        keep_graph: bool,
+        create_graph: bool,
+    ) -> ParamSet {
+        let grads = Tensor::run_backward(
+            &[loss],
+            &self.adapted_tensors(fast),
+            keep_graph,
+            create_graph,
+        );
+        self.update(fast, &grads)
+    }
+
     fn adapted_tensors<'p>(&self, fast: &'p ParamSet) -> Vec<&'p Tensor> {
         fast.iter()
             .filter(|(n, _)| self.adapts(n))
@@ -451,13 +463,8 @@ impl Inner<'_> {
             let fs = self.net.features(&fast, &support.x);
             for _ in 0..steps {
                 let loss = self.net.loss(&self.net.head(&fast, &fs), &support.y);
-                let grads = Tensor::run_backward(
-                    &[&loss],
-                    &self.adapted_tensors(&fast),
-                    true,
-                    create_graph,
-                );
-                fast = self.update(&fast, &grads);
+                // The body's features are reused by every step: keep their graph.
+                fast = self.step(&fast, &loss, true, create_graph);
             }
             let fq = query_x.map(|x| self.net.features(&fast, x));
             return (fast, fq);
@@ -466,13 +473,7 @@ impl Inner<'_> {
             let loss = self
                 .net
                 .loss(&self.net.forward(&fast, &support.x), &support.y);
-            let grads = Tensor::run_backward(
-                &[&loss],
-                &self.adapted_tensors(&fast),
-                create_graph,
-                create_graph,
-            );
-            fast = self.update(&fast, &grads);
+            fast = self.step(&fast, &loss, create_graph, create_graph);
         }
         (fast, None)
     }
