@@ -298,6 +298,19 @@ impl LaMamlHead {
     }
 }
 
+/// The classes known once an example of `label` is learnt by a head with `cap`
+/// outputs that knows `known`: classes must arrive in order and fit the head.
+fn next_known(label: usize, known: usize, cap: usize) -> Result<usize> {
+    if label > known || label >= cap {
+        return Err(Error::config(
+            "class label",
+            label,
+            format!("classes must arrive in order, at most {cap}; {known} known"),
+        ));
+    }
+    Ok(known.max(label + 1))
+}
+
 /// Tensors `PREFIX0..PREFIX{n-1}` of a saved state, in order.
 fn indexed(tensors: &[(String, Tensor)], prefix: &str, n: usize) -> Result<Vec<Tensor>> {
     (0..n)
@@ -324,18 +337,11 @@ impl ClassLearner for LaMamlHead {
     }
 
     fn learn(&mut self, features: &Tensor, label: usize) -> Result<()> {
-        let cap = self.params.get("bias").size()[0] as usize;
-        if label > self.known || label >= cap {
-            return Err(Error::config(
-                "class label",
-                label,
-                format!(
-                    "classes must arrive in order, at most {cap}; {} known",
-                    self.known
-                ),
-            ));
-        }
-        self.known = self.known.max(label + 1);
+        self.known = next_known(
+            label,
+            self.known,
+            self.params.get("bias").size()[0] as usize,
+        )?;
         let x = features.reshape([1, -1]).to_kind(Kind::Float);
         let y = Tensor::from_slice(&[label as i64]);
         let ce = |z: Tensor, y: &Tensor| {
@@ -444,18 +450,7 @@ impl ClassLearner for OnlineHead {
     }
 
     fn learn(&mut self, features: &Tensor, label: usize) -> Result<()> {
-        let cap = self.bias.size()[0] as usize;
-        if label > self.known || label >= cap {
-            return Err(Error::config(
-                "class label",
-                label,
-                format!(
-                    "classes must arrive in order, at most {cap}; {} known",
-                    self.known
-                ),
-            ));
-        }
-        self.known = self.known.max(label + 1);
+        self.known = next_known(label, self.known, self.bias.size()[0] as usize)?;
         let k = self.known as i64;
         let x = features.reshape([1, -1]).to_kind(Kind::Float);
         let w = self.weight.narrow(1, 0, k);

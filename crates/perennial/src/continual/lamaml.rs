@@ -22,8 +22,8 @@ use std::ops::Range;
 
 use tch::{Kind, Tensor};
 
-use super::learner::{task_loss, tensors, Classifier, Strategy, StrategyState};
-use crate::data::stream::{Part, Stream};
+use super::learner::{task_loss, Classifier, Groups, Strategy, StrategyState};
+use crate::data::stream::Stream;
 use crate::data::Rng;
 use crate::error::{Error, Result};
 use crate::nn::ParamSet;
@@ -244,36 +244,6 @@ impl LaMaml {
     /// The learned rates (`None` before the first batch).
     pub fn look_ahead(&self) -> Option<&LookAhead> {
         self.look.as_ref()
-    }
-}
-
-/// Examples as per-task groups of tensors, for a loss under fast weights.
-struct Groups(Vec<(Tensor, Tensor, Option<Vec<u8>>)>, usize);
-
-impl Groups {
-    fn new(stream: &Stream, items: &[(usize, usize)]) -> Self {
-        let mut items = items.to_vec();
-        items.sort_unstable();
-        let groups = items
-            .chunk_by(|a, b| a.0 == b.0)
-            .map(|group| {
-                let t = group[0].0;
-                let idx: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
-                let (x, y) = stream.gather(t, Part::Train, &idx);
-                let (x, y) = tensors(&x, &y);
-                (x, y, stream.mask(t).map(<[u8]>::to_vec))
-            })
-            .collect();
-        Groups(groups, items.len())
-    }
-
-    fn mean_loss(&self, model: &Classifier, params: &ParamSet) -> Tensor {
-        let sums: Vec<Tensor> = self
-            .0
-            .iter()
-            .map(|(x, y, mask)| model.loss_sum_with(params, x, y, mask.as_deref()))
-            .collect();
-        Tensor::stack(&sums, 0).sum(Kind::Float) / self.1 as f64
     }
 }
 

@@ -150,20 +150,40 @@ pub fn memory_loss(
     stream: &Stream,
     items: &[(usize, usize)],
 ) -> Option<Tensor> {
-    if items.is_empty() {
-        return None;
+    (!items.is_empty()).then(|| Groups::new(stream, items).mean_loss(model, &model.params))
+}
+
+/// Training examples `(task, position)` gathered once as per-task groups of tensors
+/// (with each task's mask), for losses under any parameters (fast weights).
+pub struct Groups(Vec<(Tensor, Tensor, Option<Vec<u8>>)>, usize);
+
+impl Groups {
+    /// The examples `items`, grouped by task.
+    pub fn new(stream: &Stream, items: &[(usize, usize)]) -> Self {
+        let mut items = items.to_vec();
+        items.sort_unstable();
+        let groups = items
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|group| {
+                let t = group[0].0;
+                let idx: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
+                let (x, y) = stream.gather(t, Part::Train, &idx);
+                let (x, y) = tensors(&x, &y);
+                (x, y, stream.mask(t).map(<[u8]>::to_vec))
+            })
+            .collect();
+        Groups(groups, items.len())
     }
-    let mut items = items.to_vec();
-    items.sort_unstable();
-    let mut sums = Vec::new();
-    for group in items.chunk_by(|a, b| a.0 == b.0) {
-        let t = group[0].0;
-        let idx: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
-        let (x, y) = stream.gather(t, Part::Train, &idx);
-        let (x, y) = tensors(&x, &y);
-        sums.push(model.loss_sum(&x, &y, stream.mask(t)));
+
+    /// The mean cross-entropy of the examples under `params` (at least one example).
+    pub fn mean_loss(&self, model: &Classifier, params: &ParamSet) -> Tensor {
+        let sums: Vec<Tensor> = self
+            .0
+            .iter()
+            .map(|(x, y, mask)| model.loss_sum_with(params, x, y, mask.as_deref()))
+            .collect();
+        Tensor::stack(&sums, 0).sum(Kind::Float) / self.1 as f64
     }
-    Some(Tensor::stack(&sums, 0).sum(Kind::Float) / items.len() as f64)
 }
 
 /// A continual-learning strategy: how a model learns from a batch of the current task,
