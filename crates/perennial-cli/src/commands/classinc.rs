@@ -147,10 +147,11 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
 
-    let t0 = Instant::now();
-    let features = encoder.encode_all(&stream, quiet);
-    let encode_s = t0.elapsed().as_secs_f64();
-    let dim = features.train[0].size()[1] as usize;
+    // The feature width, from one image; the stream is encoded once the encoder is
+    // final (restored from a checkpoint on --resume).
+    let side = stream.side() as i64;
+    let first = Tensor::from_slice(&stream.images(0, Part::Train)).view([-1, 1, side, side]);
+    let dim = encoder.embed_eval(&first.narrow(0, 0, 1)).size()[1] as usize;
     let mut learner: Box<dyn ClassLearner> = match a.strategy.as_str() {
         "perennial" => Box::new(PrototypeMemory::new(a.unknown_quantile)?),
         "lamaml" => Box::new(LaMamlHead::new(
@@ -185,25 +186,26 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         rng: Rng::for_item(a.seed, CONSOLIDATION_STREAM, 0),
         consolidations: Vec::new(),
     };
-    let (start, features) = if a.resume {
+    let start = if a.resume {
         let r = restore_class_checkpoint(&checkpoints, &run_config, learner.as_mut())
             .with_context(|| format!("cannot resume {}", out.display()))?;
         let extra: Extra = serde_json::from_value(r.extra)
             .with_context(|| format!("cannot resume {}: corrupt checkpoint", out.display()))?;
         state.rng = extra.rng;
         state.consolidations = extra.consolidations;
-        let features = match &mut state.encoder {
-            Encoder::Proto(net) if !r.tensors.is_empty() => {
+        if let Encoder::Proto(net) = &mut state.encoder {
+            if !r.tensors.is_empty() {
                 net.load_training_state(&r.tensors)?;
-                state.encoder.encode_all(&stream, quiet)
             }
-            _ => features,
-        };
+        }
         tracing::info!(classes = r.record.rows.len(), "resuming");
-        (r.record, features)
+        r.record
     } else {
-        (Default::default(), features)
+        Default::default()
     };
+    let t0 = Instant::now();
+    let features = state.encoder.encode_all(&stream, quiet);
+    let encode_s = t0.elapsed().as_secs_f64();
     let state = RefCell::new(state);
     let stopped = std::cell::Cell::new(false);
     let pb = bar(stream.len() as u64, learner.name(), quiet);
