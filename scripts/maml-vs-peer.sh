@@ -12,7 +12,8 @@
 # (Xavier-uniform convolutions, zero biases, batch-norm scales U(0, 1)), which the peer uses.
 # PARALLEL=1 runs the two sides at the same time (give each THREADS=1 on a 2-core
 # machine): both then see the same machine load, so their times stay comparable even
-# when something else runs beside them.
+# when something else runs beside them. PERENNIAL_BIN names a built binary to use
+# instead of building one (a copy outside target/ lets you rebuild during a long run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -23,8 +24,12 @@ DATA=${PERENNIAL_DATA:-../shared/data}
 steps=1; eval_steps=3
 [ "$alg" = metasgd ] && eval_steps=1
 [ "$alg" = reptile ] && { steps=5; eval_steps=10; }
-cargo build --release --locked -p perennial-cli >&2
-P=./target/release/perennial
+if [ -n "${PERENNIAL_BIN:-}" ]; then
+  P=$PERENNIAL_BIN
+else
+  cargo build --release --locked -p perennial-cli >&2
+  P=./target/release/perennial
+fi
 run=runs/protocol-$alg-${ways}w1s-$iters-mb$mb
 rm -rf "$run"
 ours() {

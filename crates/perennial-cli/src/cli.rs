@@ -185,6 +185,15 @@ pub struct MamlArgs {
     /// Hidden width of the sinusoid MLP (1-h-h-1).
     #[arg(long, default_value_t = 40)]
     pub hidden: usize,
+    /// MAML++ multi-step loss: weigh the query loss after every inner step, annealed
+    /// onto the last step over this many meta-iterations (0 = off; needs
+    /// --inner-steps 2 or more).
+    #[arg(long, default_value_t = 0)]
+    pub msl_iterations: usize,
+    /// MAML++ per-step batch norm: one meta-learned batch-norm scale and shift per
+    /// inner step, not adapted in the inner loop (Conv4 only; not with ANIL).
+    #[arg(long)]
+    pub per_step_bn: bool,
 }
 
 /// `train reptile` flags.

@@ -413,8 +413,23 @@ fn maml_family_trains_adapts_and_predicts_on_omniglot() {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("episodes");
     write_user_episodes(&data, &eps, 1);
-    for algorithm in ["maml", "fomaml", "anil", "metasgd", "reptile"] {
-        let run_dir = dir.path().join(algorithm);
+    // The last entry is MAML with both MAML++ options.
+    let plus_plus: &[&str] = &[
+        "--inner-steps",
+        "2",
+        "--msl-iterations",
+        "10",
+        "--per-step-bn",
+    ];
+    for (label, algorithm, extra) in [
+        ("maml", "maml", &[][..]),
+        ("fomaml", "fomaml", &[]),
+        ("anil", "anil", &[]),
+        ("metasgd", "metasgd", &[]),
+        ("reptile", "reptile", &[]),
+        ("maml++", "maml", plus_plus),
+    ] {
+        let run_dir = dir.path().join(label);
         let out = run(bin()
             .args([
                 "train",
@@ -438,10 +453,11 @@ fn maml_family_trains_adapts_and_predicts_on_omniglot() {
             .arg("--data-dir")
             .arg(&data)
             .arg("--out")
-            .arg(&run_dir));
+            .arg(&run_dir)
+            .args(extra));
         assert!(
             out.status.success(),
-            "{algorithm}: {}",
+            "{label}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
@@ -449,19 +465,23 @@ fn maml_family_trains_adapts_and_predicts_on_omniglot() {
             config.contains(&format!("algorithm = \"{algorithm}\"")),
             "{config}"
         );
+        if !extra.is_empty() {
+            assert!(config.contains("per_step_bn = true"), "{config}");
+            assert!(config.contains("msl_iterations = 10"), "{config}");
+        }
         let out = run(bin()
             .args(["eval", "--episodes", "10", "--json", "--device", "cpu"])
             .arg(&run_dir));
         assert!(
             out.status.success(),
-            "{algorithm}: {}",
+            "{label}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let acc = v["accuracy"].as_f64().unwrap();
         // 30 small updates are too few to learn much (learning is tested in the
         // library's tests); this checks the pipeline end to end.
-        eprintln!("{algorithm}: 30 updates, 5-way 1-shot accuracy {acc:.3}");
+        eprintln!("{label}: 30 updates, 5-way 1-shot accuracy {acc:.3}");
         assert!((0.0..=1.0).contains(&acc), "{v}");
         // The head is 5-way: other ways are refused with the reason.
         assert_fails(
@@ -574,6 +594,27 @@ fn sinusoid_maml_trains_and_reports_mse_with_plots() {
             ])
             .arg(dir.path().join("s"))),
         &["--meta-batch"],
+    );
+    assert_fails(
+        &run(bin()
+            .args([
+                "train",
+                "maml",
+                "--dataset",
+                "sinusoid",
+                "--msl-iterations",
+                "5",
+            ])
+            .arg("--out")
+            .arg(dir.path().join("t"))),
+        &["--msl-iterations", "--inner-steps 2"],
+    );
+    assert_fails(
+        &run(bin()
+            .args(["train", "maml", "--dataset", "sinusoid", "--per-step-bn"])
+            .arg("--out")
+            .arg(dir.path().join("u"))),
+        &["--per-step-bn", "no batch norm"],
     );
 }
 

@@ -4,7 +4,7 @@
 use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
 use perennial::data::Rng;
 use perennial::meta::fastnet::{FastNetConfig, Objective};
-use perennial::meta::maml::{Maml, MamlConfig, MamlVariant};
+use perennial::meta::maml::{msl_weights, Maml, MamlConfig, MamlVariant};
 use perennial::meta::reptile::{Reptile, ReptileConfig};
 use perennial::meta::MetaLearner;
 use perennial::nn::{BackboneConfig, ConvInit};
@@ -161,6 +161,104 @@ fn metasgd_and_anil_meta_gradients_are_exact_along_random_directions() {
     }
 }
 
+/// MAML with both MAML++ options: the multi-step loss (at iteration 0 its weights are
+/// equal) and per-step batch norm.
+fn maml_plus_plus_f64(msl: bool, per_step_bn: bool) -> Maml {
+    let config = MamlConfig {
+        msl_iterations: if msl { 10 } else { 0 },
+        per_step_bn,
+        ..small_conv_config(MamlVariant::Maml)
+    };
+    let mut m = Maml::new(config, 3, Device::Cpu).unwrap();
+    m.set_kind(Kind::Double);
+    m
+}
+
+#[test]
+fn msl_weights_start_equal_and_anneal_onto_the_last_step() {
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+    assert!(close(&msl_weights(5, 0, 100), &[0.2; 5]));
+    assert!(close(&msl_weights(5, 50, 100), &[0.1, 0.1, 0.1, 0.1, 0.6]));
+    // Near the end the earlier steps sit on the floor 0.03 / 5 and the last takes the rest.
+    assert!(close(
+        &msl_weights(5, 99, 100),
+        &[0.006, 0.006, 0.006, 0.006, 0.976]
+    ));
+    for it in [0, 1, 37, 99] {
+        let sum: f64 = msl_weights(5, it, 100).iter().sum();
+        assert!((sum - 1.0).abs() < 1e-12, "iteration {it}: sum {sum}");
+    }
+    assert_eq!(msl_weights(5, 100, 100), vec![0.0, 0.0, 0.0, 0.0, 1.0]);
+    assert_eq!(msl_weights(3, 0, 0), vec![0.0, 0.0, 1.0]);
+}
+
+#[test]
+fn maml_plus_plus_meta_gradients_are_exact() {
+    // Every coordinate against central finite differences, for the multi-step loss,
+    // per-step batch norm, and both; each option changes the gradient.
+    let tasks = conv_tasks(13);
+    let (plain, _) = maml_f64(MamlVariant::Maml).meta_gradient(&tasks);
+    for (msl, bn) in [(true, false), (false, true), (true, true)] {
+        let maml = maml_plus_plus_f64(msl, bn);
+        assert_eq!(
+            maml.loss_weights(),
+            if msl { vec![0.5, 0.5] } else { vec![0.0, 1.0] }
+        );
+        let (analytic, _) = maml.meta_gradient(&tasks);
+        let numeric = finite_difference(&maml, &tasks, 1e-6);
+        let err = rel_err(&analytic, &numeric);
+        eprintln!("msl {msl}, per-step bn {bn}: relative error {err:.3e}");
+        assert!(
+            err < 1e-6,
+            "msl {msl}, per-step bn {bn}: relative error {err:e}"
+        );
+        // The parameters θ has in common with plain MAML come first.
+        let diff = rel_err(&analytic[..plain.len()], &plain);
+        assert!(
+            diff > 1e-3,
+            "msl {msl}, per-step bn {bn}: same gradient as MAML"
+        );
+        if bn {
+            // Two inner steps: copies for 1 and 2 updates of the 4 layers' scale and shift.
+            assert_eq!(analytic.len(), plain.len() + 2 * 8);
+            for ((name, _), g) in maml.params().iter().zip(&analytic) {
+                let norm = g.norm().double_value(&[]);
+                assert!(norm > 0.0, "{name} gets no meta-gradient");
+            }
+        }
+    }
+}
+
+#[test]
+fn maml_plus_plus_options_are_checked() {
+    let bad = |c: MamlConfig, flag: &str| {
+        let err = Maml::new(c, 0, Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains(flag), "{err}");
+    };
+    bad(
+        MamlConfig {
+            inner_steps: 1,
+            msl_iterations: 5,
+            ..small_conv_config(MamlVariant::Maml)
+        },
+        "--msl-iterations",
+    );
+    bad(
+        MamlConfig {
+            per_step_bn: true,
+            ..small_conv_config(MamlVariant::Anil)
+        },
+        "--per-step-bn",
+    );
+    bad(
+        MamlConfig {
+            per_step_bn: true,
+            ..sine_maml(MamlVariant::Maml, 0).config().clone()
+        },
+        "--per-step-bn",
+    );
+}
+
 #[test]
 fn first_order_differs_from_exact() {
     let tasks = conv_tasks(11);
@@ -224,6 +322,35 @@ fn batched_tasks_give_the_loop_gradient() {
         let err = rel_err(&batched, &looped.unwrap());
         assert!(err < 1e-5, "{variant:?}: batched vs loop {err:e}");
     }
+    // The multi-step loss too (two inner steps, equal weights at iteration 0).
+    let maml = Maml::new(
+        MamlConfig {
+            inner_steps: 2,
+            msl_iterations: 10,
+            ..sine_maml(MamlVariant::Maml, 2).config().clone()
+        },
+        2,
+        Device::Cpu,
+    )
+    .unwrap();
+    let (batched, rb) = maml.meta_gradient(&tasks);
+    let (mut looped, mut loss) = (Vec::<Tensor>::new(), 0.0);
+    for t in &tasks {
+        let (g, r) = maml.meta_gradient(std::slice::from_ref(t));
+        loss += r.loss / tasks.len() as f64;
+        looped = if looped.is_empty() {
+            g.iter().map(|x| x / tasks.len() as f64).collect()
+        } else {
+            looped
+                .iter()
+                .zip(&g)
+                .map(|(a, b)| a + b / tasks.len() as f64)
+                .collect()
+        };
+    }
+    let err = rel_err(&batched, &looped);
+    assert!(err < 1e-5, "multi-step loss: batched vs loop {err:e}");
+    assert!((rb.loss - loss).abs() < 1e-5, "{} vs {loss}", rb.loss);
 }
 
 #[test]
@@ -321,14 +448,24 @@ fn adapt_is_pure_and_deterministic_and_checkpoints_round_trip() {
             },
         })
         .collect();
-    for variant in [
+    let plus_plus = MamlConfig {
+        msl_iterations: 2,
+        per_step_bn: true,
+        ..small_conv_config(MamlVariant::Maml)
+    };
+    let configs = [
         MamlVariant::Maml,
         MamlVariant::Fomaml,
         MamlVariant::Anil,
         MamlVariant::Metasgd,
-    ] {
-        let mut a = Maml::new(small_conv_config(variant), 7, Device::Cpu).unwrap();
-        let mut b = Maml::new(small_conv_config(variant), 7, Device::Cpu).unwrap();
+    ]
+    .map(small_conv_config)
+    .into_iter()
+    .chain([plus_plus]);
+    for config in configs {
+        let variant = (config.variant, config.per_step_bn);
+        let new = |seed| Maml::new(config.clone(), seed, Device::Cpu).unwrap();
+        let (mut a, mut b) = (new(7), new(7));
         for _ in 0..3 {
             let ra = a.meta_step(&f32_tasks);
             let rb = b.meta_step(&f32_tasks);
@@ -358,13 +495,18 @@ fn adapt_is_pure_and_deterministic_and_checkpoints_round_trip() {
             "{variant:?}: adapt left gradients behind"
         );
         // Adapting changed the prediction (the inner loop does something).
-        let mut c = Maml::new(small_conv_config(variant), 7, Device::Cpu).unwrap();
+        let mut c = new(7);
         c.load_model_state(&a.model_state()).unwrap();
         assert!(c.adapt(&f32_tasks[0].support).predict(&probe).equal(&p1));
         // A training-state round trip continues identically.
-        let mut d = Maml::new(small_conv_config(variant), 99, Device::Cpu).unwrap();
+        let mut d = new(99);
         d.load_training_state(&a.training_state()).unwrap();
         assert_eq!(a.meta_step(&f32_tasks), d.meta_step(&f32_tasks));
+        // An adapted model saved and reloaded classifies with the support statistics.
+        let adapted = a.adapt(&f32_tasks[0].support);
+        let reloaded = a.load_adapted(&adapted.state()).unwrap();
+        let single = reloaded.predict(&probe.narrow(0, 0, 1));
+        assert_eq!(single.size(), [1, 3], "{variant:?}");
     }
 }
 

@@ -181,6 +181,8 @@ pub fn maml(variant: MamlVariant, a: MamlArgs, quiet: bool) -> Result<()> {
                 step_every: 0,
                 ..Default::default()
             },
+            msl_iterations: a.msl_iterations,
+            per_step_bn: a.per_step_bn,
         };
         m.validate()?;
         c.maml = Some(m);

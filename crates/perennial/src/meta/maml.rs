@@ -15,6 +15,20 @@
 //! one batched computation: each task's copy of θ is a broadcast view, and one
 //! `autograd.grad` of the summed task losses gives every task its own inner gradient.
 //! The result is the same meta-gradient as the loop over tasks (a test checks it).
+//!
+//! Two options from MAML++ (Antoniou, Edwards & Storkey, ICLR 2019), both off by default:
+//!
+//! * **Multi-step loss** ([`MamlConfig::msl_iterations`]): early in training the
+//!   meta-loss is a weighted sum of the query losses after *every* inner step, not only
+//!   the last; the weights ([`msl_weights`]) start equal and are annealed onto the last
+//!   step over the given number of meta-iterations, after which the plain loss is used.
+//! * **Per-step batch norm** ([`MamlConfig::per_step_bn`]): batch norm's scale and shift
+//!   have one meta-learned copy per number of inner updates taken (0, 1, …,
+//!   `inner_steps`); the forward pass after `j` updates uses copy `j` (the last copy for
+//!   `j` beyond `inner_steps`, e.g. at evaluation with more steps). As in MAML++, the
+//!   batch-norm parameters are then learned by the outer loop only, never adapted in the
+//!   inner loop. Normalisation still uses batch statistics (transductive): MAML++'s
+//!   per-step *running* statistics only matter for non-transductive evaluation.
 
 use tch::{Device, Kind, Tensor};
 
@@ -90,6 +104,11 @@ pub struct MamlConfig {
     pub inner_lr: f64,
     /// The outer optimiser.
     pub optimizer: AdamConfig,
+    /// MAML++ multi-step loss, annealed onto the last step over this many
+    /// meta-iterations (see [`msl_weights`]); 0 turns it off.
+    pub msl_iterations: usize,
+    /// MAML++ per-step batch-norm scales and shifts (see the module docs).
+    pub per_step_bn: bool,
 }
 
 impl Default for MamlConfig {
@@ -105,6 +124,8 @@ impl Default for MamlConfig {
                 step_every: 0,
                 ..Default::default()
             },
+            msl_iterations: 0,
+            per_step_bn: false,
         }
     }
 }
@@ -130,8 +151,47 @@ impl MamlConfig {
         if self.net.outputs == 0 {
             return Err(Error::config("outputs", 0, "must be at least 1"));
         }
+        if self.msl_iterations > 0 && self.inner_steps < 2 {
+            return Err(Error::config(
+                "--msl-iterations",
+                self.msl_iterations,
+                "the multi-step loss needs --inner-steps 2 or more (with one step it is the plain loss)",
+            ));
+        }
+        if self.per_step_bn && self.variant == MamlVariant::Anil {
+            return Err(Error::config(
+                "--per-step-bn",
+                true,
+                "ANIL never runs the body in its inner loop, so per-step batch norm has nothing to do",
+            ));
+        }
         Ok(())
     }
+}
+
+/// MAML++'s multi-step loss weights for the query losses after inner updates
+/// `1..=steps`, at meta-iteration `iteration` of an annealing period of `anneal`
+/// meta-iterations: all `1/steps` at the start; then every weight but the last shrinks
+/// linearly (by `1/(steps·anneal)` per iteration, down to a floor of `0.03/steps`)
+/// while the last grows by what they lose, so the weights always sum to one. From
+/// `iteration >= anneal` on, only the last step counts (`[0, …, 0, 1]`).
+pub fn msl_weights(steps: usize, iteration: u64, anneal: usize) -> Vec<f64> {
+    if steps == 0 {
+        return Vec::new();
+    }
+    let mut w = vec![0.0; steps];
+    if anneal == 0 || iteration >= anneal as u64 {
+        w[steps - 1] = 1.0;
+        return w;
+    }
+    let n = steps as f64;
+    let decay = iteration as f64 / (n * anneal as f64);
+    let floor = 0.03 / n;
+    for v in w.iter_mut().take(steps - 1) {
+        *v = (1.0 / n - decay).max(floor);
+    }
+    w[steps - 1] = (1.0 / n + (n - 1.0) * decay).min(1.0 - (n - 1.0) * floor);
+    w
 }
 
 /// A MAML-family learner: θ (and Meta-SGD's rates) with Adam.
@@ -144,6 +204,14 @@ pub struct Maml {
 }
 
 const LR_PREFIX: &str = "lr.";
+/// Prefix of the per-step batch-norm copies: `step<j>.<name>` for `j` in `1..=inner_steps`
+/// (copy 0 is the plain `<name>`).
+const STEP_PREFIX: &str = "step";
+
+/// Whether `name` is a batch-norm scale or shift of the body.
+fn is_bn(name: &str) -> bool {
+    name.starts_with("body.bn")
+}
 
 impl Maml {
     /// A freshly initialised learner (deterministic for `seed`).
@@ -165,6 +233,28 @@ impl Maml {
                 .collect();
             for (n, t) in rates {
                 params.push(n, t);
+            }
+        }
+        if config.per_step_bn {
+            let bn: Vec<(String, Tensor)> = params
+                .iter()
+                .filter(|(n, _)| is_bn(n))
+                .map(|(n, t)| (n.to_string(), t.shallow_clone()))
+                .collect();
+            if bn.is_empty() {
+                return Err(Error::config(
+                    "--per-step-bn",
+                    true,
+                    "the network has no batch norm (use a Conv4 body)",
+                ));
+            }
+            for j in 1..=config.inner_steps {
+                for (n, t) in &bn {
+                    params.push(
+                        format!("{STEP_PREFIX}{j}.{n}"),
+                        t.detach().copy().set_requires_grad(true),
+                    );
+                }
             }
         }
         let adam = Adam::new(config.optimizer.clone(), &params);
@@ -214,14 +304,27 @@ impl Maml {
             variant: self.config.variant,
             inner_lr: self.config.inner_lr,
             inner_steps: self.config.inner_steps,
+            msl: self.loss_weights(),
+            per_step_bn: self.config.per_step_bn,
             params: &self.params,
         }
+    }
+
+    /// The weights of the query losses after inner updates `1..=inner_steps` at the
+    /// current meta-iteration (the last step alone unless the multi-step loss is on).
+    pub fn loss_weights(&self) -> Vec<f64> {
+        msl_weights(
+            self.config.inner_steps,
+            self.adam.steps(),
+            self.config.msl_iterations,
+        )
     }
 
     /// Whether `tasks` can run as one batched computation.
     fn batchable(&self, tasks: &[Task]) -> bool {
         tasks.len() > 1
             && self.config.variant != MamlVariant::Anil
+            && !self.config.per_step_bn
             && tasks.windows(2).all(|w| {
                 w[0].support.x.size() == w[1].support.x.size()
                     && w[0].query.x.size() == w[1].query.x.size()
@@ -230,9 +333,9 @@ impl Maml {
             && self.net.has_forward_tasks()
     }
 
-    /// The batched meta-loss of equal-sized tasks (see the module docs), with its
-    /// per-task query outputs.
-    fn batched_meta_loss(&self, tasks: &[Task]) -> (Tensor, Tensor) {
+    /// The batched meta-loss of equal-sized tasks (see the module docs), the mean query
+    /// loss after the last step, and the per-task query outputs after the last step.
+    fn batched_meta_loss(&self, tasks: &[Task]) -> (Tensor, Tensor, Tensor) {
         let t = tasks.len() as i64;
         let stack = |f: &dyn Fn(&Task) -> &Tensor| {
             Tensor::stack(&tasks.iter().map(f).collect::<Vec<_>>(), 0)
@@ -248,20 +351,33 @@ impl Maml {
             p.unsqueeze(0).expand(&shape, false)
         });
         let create_graph = self.config.variant.second_order();
-        for _ in 0..self.config.inner_steps {
+        let query = |fast: &ParamSet| {
+            let out = self
+                .net
+                .forward_tasks(fast, &xq)
+                .expect("checked by batchable");
+            (self.net.task_losses(&out, &yq).mean(out.kind()), out)
+        };
+        let mut total: Option<Tensor> = None;
+        for (j, w) in inner.msl.iter().enumerate() {
             let out = self
                 .net
                 .forward_tasks(&fast, &xs)
                 .expect("checked by batchable");
             let loss = self.net.task_losses(&out, &ys).sum(out.kind());
             fast = inner.step(&fast, &loss, create_graph, create_graph);
+            if j + 1 < inner.msl.len() && *w > 0.0 {
+                let term = query(&fast).0 * *w;
+                total = Some(total.map_or_else(|| term.shallow_clone(), |t| t + &term));
+            }
         }
-        let out = self
-            .net
-            .forward_tasks(&fast, &xq)
-            .expect("checked by batchable");
-        let losses = self.net.task_losses(&out, &yq);
-        (losses.mean(out.kind()), out)
+        let (last, out) = query(&fast);
+        let w = inner.msl.last().copied().unwrap_or(1.0);
+        let weighted = match total {
+            Some(t) => t + &last * w,
+            None => &last * w,
+        };
+        (weighted, last, out)
     }
 
     /// The meta-gradient of the mean query loss over `tasks`, one tensor per
@@ -277,8 +393,8 @@ impl Maml {
     pub fn meta_gradient(&self, tasks: &[Task]) -> (Vec<Tensor>, StepReport) {
         let n = tasks.len().max(1) as f64;
         if self.batchable(tasks) {
-            let (loss, out) = self.batched_meta_loss(tasks);
-            let grads = Tensor::run_backward(&[&loss], &self.params.tensors(), false, false);
+            let (weighted, loss, out) = self.batched_meta_loss(tasks);
+            let grads = Tensor::run_backward(&[&weighted], &self.params.tensors(), false, false);
             let report = StepReport {
                 loss: loss.double_value(&[]),
                 accuracy: self.net.accuracy(
@@ -305,11 +421,13 @@ impl Maml {
                 .collect();
             let (net, variant) = (&self.net, self.config.variant);
             let (inner_lr, inner_steps) = (self.config.inner_lr, self.config.inner_steps);
+            let (msl, per_step_bn) = (self.loss_weights(), self.config.per_step_bn);
             let parts = std::thread::scope(|scope| {
                 let handles: Vec<_> = chunks
                     .into_iter()
                     .map(|chunk| {
                         let params = self.params.map(|_, t| t.shallow_clone());
+                        let msl = msl.clone();
                         scope.spawn(move || {
                             tch::set_num_threads(1);
                             let inner = Inner {
@@ -317,6 +435,8 @@ impl Maml {
                                 variant,
                                 inner_lr,
                                 inner_steps,
+                                msl,
+                                per_step_bn,
                                 params: &params,
                             };
                             inner.tasks_gradient(chunk.iter(), n)
@@ -350,15 +470,15 @@ impl Maml {
         )
     }
 
-    /// The meta-loss of `tasks` at the current θ (no gradient kept), for checks.
+    /// The meta-loss of `tasks` at the current θ (no gradient kept), for checks: the
+    /// quantity [`Maml::meta_gradient`] differentiates (with the multi-step loss on, its
+    /// weighted sum over steps).
     pub fn meta_loss(&self, tasks: &[Task]) -> f64 {
         let n = tasks.len().max(1) as f64;
+        let inner = self.inner();
         tasks
             .iter()
-            .map(|t| {
-                let out = self.inner().task_outputs(t);
-                self.net.loss(&out, &t.query.y).double_value(&[]) / n
-            })
+            .map(|t| inner.task_loss(t).0.double_value(&[]) / n)
             .sum()
     }
 
@@ -388,15 +508,19 @@ struct Inner<'a> {
     variant: MamlVariant,
     inner_lr: f64,
     inner_steps: usize,
+    /// Weights of the query losses after updates `1..=inner_steps` (see [`msl_weights`]).
+    msl: Vec<f64>,
+    per_step_bn: bool,
     params: &'a ParamSet,
 }
 
 impl Inner<'_> {
-    /// The network's parameters (without learned rates), sharing storage with θ.
+    /// The network's parameters (without learned rates or per-step batch-norm copies),
+    /// sharing storage with θ.
     fn model(&self) -> ParamSet {
         let mut m = ParamSet::new();
         for (n, t) in self.params.iter() {
-            if !n.starts_with(LR_PREFIX) {
+            if !n.starts_with(LR_PREFIX) && !n.starts_with(STEP_PREFIX) {
                 m.push(n, t.shallow_clone());
             }
         }
@@ -404,7 +528,27 @@ impl Inner<'_> {
     }
 
     fn adapts(&self, name: &str) -> bool {
-        self.variant != MamlVariant::Anil || FastNet::is_head(name)
+        match self.variant {
+            MamlVariant::Anil => FastNet::is_head(name),
+            _ => !(self.per_step_bn && is_bn(name)),
+        }
+    }
+
+    /// `fast` with the batch-norm copy for "after `updates` inner updates" (per-step
+    /// batch norm only; otherwise `fast` itself).
+    fn at_step(&self, fast: ParamSet, updates: usize) -> ParamSet {
+        if !self.per_step_bn {
+            return fast;
+        }
+        let j = updates.min(self.inner_steps);
+        fast.map(|n, t| match (is_bn(n), j) {
+            (false, _) => t.shallow_clone(),
+            (true, 0) => self.params.get(n).shallow_clone(),
+            (true, j) => self
+                .params
+                .get(&format!("{STEP_PREFIX}{j}.{n}"))
+                .shallow_clone(),
+        })
     }
 
     /// One inner update of `fast` from the gradients `grads` of its adapted tensors.
@@ -449,47 +593,74 @@ impl Inner<'_> {
 
     /// Inner loop on one task: `steps` gradient steps from θ on the support set.
     /// With `create_graph` the result is differentiable to second order in θ.
-    /// Returns the fast weights and, for ANIL, the body features of `query_x`
-    /// computed with θ (ANIL's body is not adapted).
+    /// Returns the fast weights after the last step and, given `query_x`, the query
+    /// outputs with their loss weights: after every earlier update whose multi-step
+    /// weight is positive, then after the last update. (ANIL's body is not adapted: its
+    /// features are computed once, with θ.)
     fn inner_loop(
         &self,
         support: &Batch,
         steps: usize,
         create_graph: bool,
         query_x: Option<&Tensor>,
-    ) -> (ParamSet, Option<Tensor>) {
-        let mut fast = self.model();
-        if self.variant == MamlVariant::Anil {
-            let fs = self.net.features(&fast, &support.x);
-            for _ in 0..steps {
-                let loss = self.net.loss(&self.net.head(&fast, &fs), &support.y);
-                // The body's features are reused by every step: keep their graph.
-                fast = self.step(&fast, &loss, true, create_graph);
+    ) -> (ParamSet, Vec<(f64, Tensor)>) {
+        let mut fast = self.at_step(self.model(), 0);
+        let anil = self.variant == MamlVariant::Anil;
+        let fs = anil.then(|| self.net.features(&fast, &support.x));
+        let fq = if anil {
+            query_x.map(|x| self.net.features(&fast, x))
+        } else {
+            None
+        };
+        let query = |fast: &ParamSet, x: &Tensor| match &fq {
+            Some(f) => self.net.head(fast, f),
+            None => self.net.forward(fast, x),
+        };
+        let mut outs = Vec::new();
+        for j in 0..steps {
+            let out = match &fs {
+                Some(f) => self.net.head(&fast, f),
+                None => self.net.forward(&fast, &support.x),
+            };
+            let loss = self.net.loss(&out, &support.y);
+            // ANIL's body features are reused by every step: keep their graph.
+            fast = self.step(&fast, &loss, create_graph || anil, create_graph);
+            fast = self.at_step(fast, j + 1);
+            let w = self.msl.get(j).copied().unwrap_or(0.0);
+            if let Some(x) = query_x.filter(|_| j + 1 < steps && w > 0.0) {
+                outs.push((w, query(&fast, x)));
             }
-            let fq = query_x.map(|x| self.net.features(&fast, x));
-            return (fast, fq);
         }
-        for _ in 0..steps {
-            let loss = self
-                .net
-                .loss(&self.net.forward(&fast, &support.x), &support.y);
-            fast = self.step(&fast, &loss, create_graph, create_graph);
+        if let Some(x) = query_x {
+            let w = steps
+                .checked_sub(1)
+                .and_then(|k| self.msl.get(k))
+                .copied()
+                .unwrap_or(1.0);
+            outs.push((w, query(&fast, x)));
         }
-        (fast, None)
+        (fast, outs)
     }
 
-    /// Query outputs of the adapted network for one task, differentiable in θ.
-    fn task_outputs(&self, task: &Task) -> Tensor {
-        let (fast, fq) = self.inner_loop(
+    /// One task's meta-loss (the weighted query losses, differentiable in θ), its query
+    /// loss after the last step, and its query outputs after the last step.
+    fn task_loss(&self, task: &Task) -> (Tensor, Tensor, Tensor) {
+        let (_, outs) = self.inner_loop(
             &task.support,
             self.inner_steps,
             self.variant.second_order(),
             Some(&task.query.x),
         );
-        match fq {
-            Some(f) => self.net.head(&fast, &f),
-            None => self.net.forward(&fast, &task.query.x),
+        let mut weighted: Option<Tensor> = None;
+        let mut last = None;
+        for (w, out) in outs {
+            let loss = self.net.loss(&out, &task.query.y);
+            let term = &loss * w;
+            weighted = Some(weighted.map_or_else(|| term.shallow_clone(), |s| s + &term));
+            last = Some((loss, out));
         }
+        let (loss, out) = last.expect("the last step's query outputs");
+        (weighted.expect("at least one term"), loss, out)
     }
 
     /// Gradient of `Σ_tasks loss / n` with respect to every parameter, one task's graph
@@ -499,9 +670,8 @@ impl Inner<'_> {
         let mut grads: Option<Vec<Tensor>> = None;
         let (mut loss_sum, mut acc) = (0.0, Some(0.0));
         for task in tasks {
-            let out = self.task_outputs(task);
-            let loss = self.net.loss(&out, &task.query.y);
-            let g = Tensor::run_backward(&[&(&loss / n)], &inputs, false, false);
+            let (weighted, loss, out) = self.task_loss(task);
+            let g = Tensor::run_backward(&[&(&weighted / n)], &inputs, false, false);
             grads = Some(match grads {
                 None => g,
                 Some(sum) => sum.iter().zip(&g).map(|(a, b)| a + b).collect(),
