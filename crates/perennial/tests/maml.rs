@@ -85,7 +85,7 @@ fn finite_difference(maml: &Maml, tasks: &[Task], eps: f64) -> Vec<Tensor> {
 fn flat(ts: &[Tensor]) -> Tensor {
     Tensor::cat(
         &ts.iter()
-            .map(|t| t.detach().to_kind(Kind::Double).view([-1]))
+            .map(|t| t.detach().to_kind(Kind::Double).reshape([-1]))
             .collect::<Vec<_>>(),
         0,
     )

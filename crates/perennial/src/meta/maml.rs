@@ -391,6 +391,13 @@ impl Maml {
     /// worker keeps one task's graph alive at a time. The result is deterministic for a
     /// given thread count; the summation order, and so the last bits, depend on it.
     pub fn meta_gradient(&self, tasks: &[Task]) -> (Vec<Tensor>, StepReport) {
+        let (grads, report) = self.raw_meta_gradient(tasks);
+        // Channels-last convolutions give gradients in that layout; hand out the
+        // parameters' own (contiguous) one.
+        (grads.iter().map(Tensor::contiguous).collect(), report)
+    }
+
+    fn raw_meta_gradient(&self, tasks: &[Task]) -> (Vec<Tensor>, StepReport) {
         let n = tasks.len().max(1) as f64;
         if self.batchable(tasks) {
             let (weighted, loss, out) = self.batched_meta_loss(tasks);
