@@ -561,61 +561,36 @@ fn sinusoid_maml_trains_and_reports_mse_with_plots() {
             .arg(dir.path().join("p"))),
         &["sinusoid", "regression"],
     );
-    assert_fails(
-        &run(bin()
-            .args([
-                "train",
-                "maml",
-                "--dataset",
-                "sinusoid",
-                "--inner-lr",
-                "0",
-                "--out",
-            ])
-            .arg(dir.path().join("q"))),
-        &["--inner-lr"],
-    );
-    assert_fails(
-        &run(bin()
-            .args(["train", "maml", "--dataset", "cifar", "--out"])
-            .arg(dir.path().join("r"))),
-        &["cifar", "omniglot or sinusoid"],
-    );
-    assert_fails(
-        &run(bin()
-            .args([
-                "train",
-                "maml",
-                "--dataset",
-                "sinusoid",
-                "--meta-batch",
-                "0",
-                "--out",
-            ])
-            .arg(dir.path().join("s"))),
-        &["--meta-batch"],
-    );
-    assert_fails(
-        &run(bin()
-            .args([
-                "train",
-                "maml",
-                "--dataset",
-                "sinusoid",
-                "--msl-iterations",
-                "5",
-            ])
-            .arg("--out")
-            .arg(dir.path().join("t"))),
-        &["--msl-iterations", "--inner-steps 2"],
-    );
-    assert_fails(
-        &run(bin()
-            .args(["train", "maml", "--dataset", "sinusoid", "--per-step-bn"])
-            .arg("--out")
-            .arg(dir.path().join("u"))),
-        &["--per-step-bn", "no batch norm"],
-    );
+    // Bad MAML settings, each refused naming the flag (one run folder each).
+    let refused: [(&[&str], &[&str]); 5] = [
+        (
+            &["--dataset", "sinusoid", "--inner-lr", "0"],
+            &["--inner-lr"],
+        ),
+        (&["--dataset", "cifar"], &["cifar", "omniglot or sinusoid"]),
+        (
+            &["--dataset", "sinusoid", "--meta-batch", "0"],
+            &["--meta-batch"],
+        ),
+        (
+            &["--dataset", "sinusoid", "--msl-iterations", "5"],
+            &["--msl-iterations", "--inner-steps 2"],
+        ),
+        (
+            &["--dataset", "sinusoid", "--per-step-bn"],
+            &["--per-step-bn", "no batch norm"],
+        ),
+    ];
+    for (i, (flags, needles)) in refused.into_iter().enumerate() {
+        assert_fails(
+            &run(bin()
+                .args(["train", "maml"])
+                .args(flags)
+                .arg("--out")
+                .arg(dir.path().join(format!("bad{i}")))),
+            needles,
+        );
+    }
 }
 
 /// Writes `n` 5-way episodes (3 support and 2 query images per class) as PNG files of
