@@ -36,3 +36,19 @@ if [ -z "${LIBTORCH:-}" ]; then
 fi
 export LIBTORCH_BYPASS_VERSION_CHECK=1
 export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# perennial_bin: sets P to the CLI binary the scripts run. PERENNIAL_BIN names a built
+# binary (a copy outside target/ lets you rebuild during a long run); without it the
+# release build is built (or found up to date) first.
+perennial_bin() {
+  if [ -n "${PERENNIAL_BIN:-}" ]; then
+    if [ ! -x "$PERENNIAL_BIN" ] || [ -d "$PERENNIAL_BIN" ]; then
+      echo "perennial: PERENNIAL_BIN=$PERENNIAL_BIN is not an executable file" >&2
+      return 2
+    fi
+    P=$PERENNIAL_BIN
+  else
+    cargo build --release --locked -p perennial-cli >&2 || return
+    P=./target/release/perennial
+  fi
+}

@@ -24,12 +24,7 @@ DATA=${PERENNIAL_DATA:-../shared/data}
 steps=1; eval_steps=3
 [ "$alg" = metasgd ] && eval_steps=1
 [ "$alg" = reptile ] && { steps=5; eval_steps=10; }
-if [ -n "${PERENNIAL_BIN:-}" ]; then
-  P=$PERENNIAL_BIN
-else
-  cargo build --release --locked -p perennial-cli >&2
-  P=./target/release/perennial
-fi
+perennial_bin
 run=runs/protocol-$alg-${ways}w1s-$iters-mb$mb
 rm -rf "$run"
 ours() {

@@ -14,12 +14,7 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 iters=${1:-200}; steps=${2:-2}; mb=${3:-8}; seed=${4:-0}
 DATA=${PERENNIAL_DATA:-../shared/data}
-if [ -n "${PERENNIAL_BIN:-}" ]; then
-  P=$PERENNIAL_BIN
-else
-  cargo build --release --locked -p perennial-cli >&2
-  P=./target/release/perennial
-fi
+perennial_bin
 one() {
   local bn=$1 flag=""
   [ "$bn" = 1 ] && flag=--per-step-bn

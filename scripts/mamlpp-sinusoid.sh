@@ -13,12 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 iters=${1:-10000}; seeds=${2:-3}; msl=${3:-2000}
-if [ -n "${PERENNIAL_BIN:-}" ]; then
-  P=$PERENNIAL_BIN
-else
-  cargo build --release --locked -p perennial-cli >&2
-  P=./target/release/perennial
-fi
+perennial_bin
 for seed in $(seq 0 $((seeds - 1))); do
   for m in 0 "$msl"; do
     run=runs/mamlpp-sine-msl$m-s$seed
