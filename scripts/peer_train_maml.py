@@ -173,7 +173,7 @@ def main():
         "iterations": a.iterations, "meta_batch": a.meta_batch, "inner_steps": a.inner_steps,
         "eval_steps": a.eval_steps, "inner_lr": a.inner_lr, "meta_lr": a.meta_lr,
         "accuracy": mean, "ci95": 1.96 * sd / math.sqrt(n), "episodes": n,
-        "train_s": train_s, "eval_s": time.perf_counter() - t1, "threads": a.threads,
+        "train_s": train_s, "eval_s": time.perf_counter() - t1, "threads": a.threads, "seed": a.seed,
         "torch": torch.__version__, "learn2learn": l2l.__version__,
     }))
 
