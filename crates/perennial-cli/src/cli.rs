@@ -476,6 +476,11 @@ pub struct ContinualArgs {
     /// Query images per class in a consolidation episode.
     #[arg(long, default_value_t = 10)]
     pub consolidate_queries: usize,
+    /// Build each consolidation episode from groups of this many near classes: a
+    /// random class and its nearest others by prototype distance, the classes the
+    /// memory confuses (1: classes drawn at random).
+    #[arg(long, default_value_t = 5)]
+    pub consolidate_neighbours: usize,
     /// Adam learning rate of meta-consolidation.
     #[arg(long, default_value_t = 1e-4)]
     pub consolidate_lr: f64,

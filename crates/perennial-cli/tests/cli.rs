@@ -1148,6 +1148,8 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
             "2",
             "--consolidate-ways",
             "3",
+            "--consolidate-neighbours",
+            "2",
         ];
         f.extend_from_slice(extra);
         f
@@ -1161,6 +1163,9 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(runs[1]["classes"], 10);
     let straight: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let own = straight["bwt_own_labels"].as_f64().unwrap();
+    assert!((-1.0..=1.0).contains(&own), "{own}");
+    assert_eq!(result["final_own_labels"].as_array().unwrap().len(), 12);
     // Stopped after 7 classes (one consolidation done), then resumed: the same run.
     let stopped = dir.path().join("stopped");
     let o = run(&mut args(&stopped, &flags(&["--stop-after", "7"])));
@@ -1197,6 +1202,17 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
             "10",
         ],
         &["--consolidate-shots"],
+    );
+    bad(
+        &[
+            "--strategy",
+            "perennial",
+            "--encoder",
+            encoder,
+            "--consolidate-neighbours",
+            "0",
+        ],
+        &["--consolidate-neighbours"],
     );
     // OML: a representation meta-trained for its online head, then the head on it;
     // La-MAML's head runs on either encoder.

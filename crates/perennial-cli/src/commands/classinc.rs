@@ -74,6 +74,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         ways: a.consolidate_ways,
         shots: a.consolidate_shots,
         queries: a.consolidate_queries,
+        neighbours: a.consolidate_neighbours,
     };
     consolidation.validate(a.train_per_task.unwrap_or(15))?;
     if !(a.consolidate_lr > 0.0 && a.consolidate_lr.is_finite()) {
@@ -185,6 +186,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         encoder,
         rng: Rng::for_item(a.seed, CONSOLIDATION_STREAM, 0),
         consolidations: Vec::new(),
+        means: Tensor::new(),
     };
     let start = if a.resume {
         let r = restore_class_checkpoint(&checkpoints, &run_config, learner.as_mut())
@@ -205,6 +207,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     };
     let t0 = Instant::now();
     let features = state.encoder.encode_all(&stream, quiet);
+    state.means = class_means(&features.train);
     let encode_s = t0.elapsed().as_secs_f64();
     let state = RefCell::new(state);
     let stopped = std::cell::Cell::new(false);
@@ -216,7 +219,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         features,
         start,
         &mut |known, _| {
-            if !consolidation.due(known, total) {
+            if !consolidation.due(known) {
                 return Ok(None);
             }
             let mut st = state.borrow_mut();
@@ -224,6 +227,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
                 encoder,
                 rng,
                 consolidations,
+                means,
             } = &mut *st;
             let Encoder::Proto(net) = encoder else {
                 return Ok(None);
@@ -234,13 +238,16 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
                 &consolidation,
                 known,
                 stream.side(),
+                Some(&means.narrow(0, 0, known as i64)),
                 &mut |c| stream.images(c, Part::Train),
                 rng,
             )?;
             consolidations.push(serde_json::json!({
                 "classes": known, "loss": r.loss, "accuracy": r.accuracy,
             }));
-            Ok(Some(encoder.encode_all(&stream, true)))
+            let features = encoder.encode_all(&stream, true);
+            *means = class_means(&features.train);
+            Ok(Some(features))
         },
         &mut |record, learner| {
             let done = record.rows.len();
@@ -305,8 +312,10 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         "seed": a.seed,
         "acc": m.acc,
         "bwt": m.bwt,
+        "bwt_own_labels": record.own_label_bwt(),
         "fwt": m.fwt,
         "forgetting": m.forgetting,
+        "final_own_labels": record.final_own_labels,
         "points": record.points,
         "accuracy_at": record.accuracy_at,
         "unknown": record.unknown,
@@ -358,8 +367,8 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     }
     if a.json {
         let line = serde_json::json!({
-            "acc": m.acc, "bwt": m.bwt, "fwt": m.fwt, "forgetting": m.forgetting,
-            "points": record.points, "accuracy_at": record.accuracy_at,
+            "acc": m.acc, "bwt": m.bwt, "bwt_own_labels": record.own_label_bwt(),
+            "fwt": m.fwt, "forgetting": m.forgetting, "points": record.points, "accuracy_at": record.accuracy_at,
             "matrix": matrix.r,
         });
         println!("{line}");
@@ -372,9 +381,10 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
             .collect();
         let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{:+.2}", 100.0 * v));
         println!(
-            "{title}: accuracy on all seen classes after {}; BWT {}  forgetting {}  ({:.1} s); written to {}",
+            "{title}: accuracy on all seen classes after {}; BWT {} (within each class's own label set {})  forgetting {}  ({:.1} s); written to {}",
             at.join("  "),
             pct(m.bwt),
+            pct(record.own_label_bwt()),
             pct(m.forgetting),
             wall_s,
             out.display()
@@ -449,6 +459,20 @@ struct RunState {
     encoder: Encoder,
     rng: Rng,
     consolidations: Vec<serde_json::Value>,
+    /// Each class's prototype in the current embedding (`[classes, d]`), for
+    /// near-neighbour consolidation episodes.
+    means: Tensor,
+}
+
+/// Each class's mean training feature (`[classes, d]`): its prototype once learnt.
+fn class_means(train: &[Tensor]) -> Tensor {
+    tch::no_grad(|| {
+        let rows: Vec<Tensor> = train
+            .iter()
+            .map(|t| t.mean_dim(0, false, tch::Kind::Float))
+            .collect();
+        Tensor::stack(&rows, 0)
+    })
 }
 
 /// The JSON a checkpoint keeps of [`RunState`].

@@ -538,6 +538,11 @@ pub struct ClassRunRecord {
     pub unknown: Vec<UnknownRates>,
     /// Seconds spent encoding, learning and testing.
     pub wall_s: f64,
+    /// At the end of the stream, each class's accuracy when it is told apart only
+    /// from the classes known when it was learnt (the learner's scores cut to classes
+    /// `0..=j`): what [`ClassRunRecord::own_label_bwt`] compares with `R[j][j]`.
+    #[serde(default)]
+    pub final_own_labels: Vec<f64>,
 }
 
 impl ClassRunRecord {
@@ -545,6 +550,23 @@ impl ClassRunRecord {
     /// construction, so forward transfer is not defined here).
     pub fn matrix(&self) -> Result<AccuracyMatrix> {
         AccuracyMatrix::new(self.rows.clone(), None)
+    }
+
+    /// Backward transfer within each class's own label set: the mean over classes
+    /// `j < T−1` of `final_own_labels[j] − R[j][j]`, where the final accuracy on class
+    /// `j` is measured among the classes known when `j` was learnt, as `R[j][j]` was.
+    /// GEM's BWT also counts the drop that comes from meeting the later classes'
+    /// labels; this one counts only what the learner lost (or gained) on the task it
+    /// was given. `None` before the stream ends or with a single class.
+    pub fn own_label_bwt(&self) -> Option<f64> {
+        let t = self.rows.len();
+        if t < 2 || self.final_own_labels.len() != t {
+            return None;
+        }
+        let sum: f64 = (0..t - 1)
+            .map(|j| self.final_own_labels[j] - self.rows[j][j])
+            .sum();
+        Some(sum / (t - 1) as f64)
     }
 }
 
@@ -645,6 +667,28 @@ impl TestSet {
                 .collect();
             r.resize(len, 0.0);
             r
+        })
+    }
+
+    /// Each class `j`'s accuracy when the learner's scores are cut to classes
+    /// `0..=j` (all `known` classes learnt).
+    fn own_label_row(&self, learner: &dyn ClassLearner, known: usize) -> Vec<f64> {
+        tch::no_grad(|| {
+            let n = self.offsets[known - 1] + self.sizes[known - 1];
+            let scores = learner.scores(&self.all.narrow(0, 0, n));
+            (0..known)
+                .map(|j| {
+                    let (o, m) = (self.offsets[j], self.sizes[j]);
+                    scores
+                        .narrow(0, o, m)
+                        .narrow(1, 0, j as i64 + 1)
+                        .argmax(1, false)
+                        .eq(j as i64)
+                        .to_kind(Kind::Double)
+                        .mean(Kind::Double)
+                        .double_value(&[])
+                })
+                .collect()
         })
     }
 
@@ -776,6 +820,9 @@ pub fn run_class_stream_refreshing(
             });
         }
         record.rows.push(r);
+        if c + 1 == t {
+            record.final_own_labels = test.own_label_row(learner, t);
+        }
         record.wall_s = wall_before + clock.elapsed().as_secs_f64();
         class_done(&record, learner)?;
         progress(c + 1, t);
@@ -920,6 +967,41 @@ mod tests {
         assert_eq!(protocol_points(600), [10, 50, 100, 200, 600]);
         assert_eq!(protocol_points(120), [10, 50, 100, 120]);
         assert_eq!(protocol_points(5), [5]);
+    }
+
+    /// An old class that a newer one crowds out loses GEM backward transfer but not
+    /// backward transfer within its own label set: its prototype never moved.
+    #[test]
+    fn own_label_bwt_counts_only_what_was_lost() {
+        let t = |v: &[f32]| Tensor::from_slice(v).view([-1, 1]);
+        let train = vec![t(&[0.0, 0.0]), t(&[1.0, 1.0])];
+        // Class 0's test point at 0.6 is nearer class 1's prototype.
+        let test = vec![t(&[0.4, 0.6]), t(&[1.0, 1.1])];
+        let mut m = PrototypeMemory::new(0.95).unwrap();
+        let r = run_class_stream(&mut m, &train, &test, &mut |_, _| {}).unwrap();
+        assert_eq!(r.rows, [[1.0, 0.0], [0.5, 1.0]]);
+        assert_eq!(r.matrix().unwrap().metrics().bwt, Some(-0.5));
+        assert_eq!(r.final_own_labels, [1.0, 1.0]);
+        assert_eq!(r.own_label_bwt(), Some(0.0));
+        let cut = ClassRunRecord {
+            final_own_labels: Vec::new(),
+            ..r.clone()
+        };
+        assert_eq!(
+            cut.own_label_bwt(),
+            None,
+            "not measured: the stream is unfinished"
+        );
+        // Three classes: class 1's test point at 1.55 is lost to class 2 (at 2) within
+        // the full label set and kept among classes 0..=1.
+        let train = vec![t(&[0.0]), t(&[1.0]), t(&[2.0])];
+        let test = vec![t(&[0.0]), t(&[1.55]), t(&[2.0])];
+        let mut m = PrototypeMemory::new(0.95).unwrap();
+        let r = run_class_stream(&mut m, &train, &test, &mut |_, _| {}).unwrap();
+        assert_eq!(r.rows[2], [1.0, 0.0, 1.0]);
+        assert_eq!(r.final_own_labels, [1.0, 1.0, 1.0]);
+        assert_eq!(r.matrix().unwrap().metrics().bwt, Some(-0.5));
+        assert_eq!(r.own_label_bwt(), Some(0.0));
     }
 
     /// Twenty Gaussian classes in 16-D, 15 training and 10 test points each, learnt

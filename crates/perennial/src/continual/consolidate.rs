@@ -9,7 +9,7 @@
 //! prototypes from the new features ([`super::classinc::run_class_stream_refreshing`]).
 //! Only training images are ever replayed; test images are never seen by the encoder.
 
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 
 use crate::data::Rng;
 use crate::error::{Error, Result};
@@ -30,6 +30,17 @@ pub struct ConsolidationConfig {
     pub shots: usize,
     /// Query images per class.
     pub queries: usize,
+    /// Classes per group of near neighbours in an episode: an episode is built from
+    /// groups of a random class and its `neighbours − 1` nearest classes (by the
+    /// distance between their prototypes), so that it holds the classes the memory
+    /// confuses. 1: the classes are drawn at random; more than `ways`: one group
+    /// fills the episode.
+    #[serde(default = "one")]
+    pub neighbours: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl ConsolidationConfig {
@@ -52,6 +63,13 @@ impl ConsolidationConfig {
                 "an episode needs at least 2 classes",
             ));
         }
+        if self.neighbours == 0 {
+            return Err(Error::config(
+                "--consolidate-neighbours",
+                0,
+                "must be at least 1 (1: classes drawn at random)",
+            ));
+        }
         if self.shots == 0 || self.queries == 0 || self.shots + self.queries > per_class {
             return Err(Error::config(
                 "--consolidate-shots/--consolidate-queries",
@@ -64,21 +82,86 @@ impl ConsolidationConfig {
         Ok(())
     }
 
-    /// Whether to consolidate once `known` of `total` classes are learnt (never after
-    /// the last class: nothing would use it).
-    pub fn due(&self, known: usize, total: usize) -> bool {
-        self.every > 0 && known % self.every == 0 && known < total
+    /// Whether to consolidate once `known` classes are learnt. The stream's last
+    /// class is no exception: the learner's accuracy after it is measured after the
+    /// consolidation, as at every other point.
+    pub fn due(&self, known: usize) -> bool {
+        self.every > 0 && known % self.every == 0
     }
+}
+
+/// Each class's nearest other classes, nearest first (at most `k`), by the squared
+/// distance between the rows of `means` (`[classes, d]`).
+pub fn nearest_classes(means: &Tensor, k: usize) -> Vec<Vec<usize>> {
+    tch::no_grad(|| {
+        let m = means.to_kind(Kind::Double);
+        let n = m.size()[0];
+        let sq = (&m * &m).sum_dim_intlist(1, false, Kind::Double);
+        let d = sq.unsqueeze(1) + sq.unsqueeze(0) - m.matmul(&m.tr()) * 2.0;
+        // A class is never its own neighbour.
+        let d = d.masked_fill(&Tensor::eye(n, (Kind::Bool, m.device())), f64::INFINITY);
+        let take = (k as i64).min(n - 1);
+        if take <= 0 {
+            return vec![Vec::new(); n as usize];
+        }
+        let (_, idx) = d.topk(take, 1, false, true);
+        let idx: Vec<i64> = Vec::try_from(idx.reshape([-1])).unwrap_or_default();
+        idx.chunks(take as usize)
+            .map(|row| row.iter().map(|&c| c as usize).collect())
+            .collect()
+    })
+}
+
+/// The `ways` classes of one episode among `0..known`: at random, or (with `near`,
+/// each class's nearest others) in groups of a random class and its `neighbours − 1`
+/// nearest classes not yet chosen.
+fn episode_classes(
+    known: usize,
+    ways: usize,
+    neighbours: usize,
+    near: Option<&[Vec<usize>]>,
+    rng: &mut Rng,
+) -> Vec<usize> {
+    let Some(near) = near.filter(|_| neighbours > 1) else {
+        return rng.choose_distinct(known, ways);
+    };
+    let mut chosen = Vec::with_capacity(ways);
+    let mut taken = vec![false; known];
+    while chosen.len() < ways {
+        let anchor = loop {
+            let c = rng.below(known as u64) as usize;
+            if !taken[c] {
+                break c;
+            }
+        };
+        taken[anchor] = true;
+        chosen.push(anchor);
+        let mut group = 1;
+        for &c in &near[anchor] {
+            if group == neighbours || chosen.len() == ways {
+                break;
+            }
+            if c < known && !taken[c] {
+                taken[c] = true;
+                chosen.push(c);
+                group += 1;
+            }
+        }
+    }
+    chosen
 }
 
 /// One consolidation: `config.episodes` meta-updates of `net` on episodes drawn from
 /// the classes `0..known`, whose training images `images(c)` returns (`side`×`side`
-/// pixels each, concatenated). Returns the mean of the updates' reports.
+/// pixels each, concatenated). `means` (`[known, d]`, the classes' prototypes in
+/// the current embedding) is needed when `config.neighbours > 1`. Returns the mean of
+/// the updates' reports.
 pub fn consolidate(
     net: &mut ProtoNet,
     config: &ConsolidationConfig,
     known: usize,
     side: usize,
+    means: Option<&Tensor>,
     images: &mut dyn FnMut(usize) -> Vec<f32>,
     rng: &mut Rng,
 ) -> Result<StepReport> {
@@ -90,13 +173,25 @@ pub fn consolidate(
             "consolidation needs at least 2",
         ));
     }
+    let near = if config.neighbours > 1 {
+        let Some(m) = means.filter(|m| m.size().first() == Some(&(known as i64))) else {
+            return Err(Error::config(
+                "consolidation",
+                "prototypes",
+                format!("episodes of near neighbours need the {known} classes' prototypes"),
+            ));
+        };
+        Some(nearest_classes(m, ways))
+    } else {
+        None
+    };
     let pixels = side * side;
     let mut mean = StepReport {
         loss: 0.0,
         accuracy: Some(0.0),
     };
     for _ in 0..config.episodes {
-        let classes = rng.choose_distinct(known, ways);
+        let classes = episode_classes(known, ways, config.neighbours, near.as_deref(), rng);
         let (mut sx, mut sy, mut qx, mut qy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (label, &c) in classes.iter().enumerate() {
             let all = images(c);
@@ -153,6 +248,7 @@ mod tests {
             ways: 5,
             shots: 1,
             queries: 2,
+            neighbours: 1,
         }
     }
 
@@ -162,6 +258,15 @@ mod tests {
         assert!(c.validate(3).is_ok());
         assert!(c.validate(2).is_err(), "1 + 2 images need 3 per class");
         assert!(ConsolidationConfig { ways: 1, ..c }.validate(15).is_err());
+        assert!(ConsolidationConfig { neighbours: 0, ..c }
+            .validate(15)
+            .is_err());
+        assert!(
+            ConsolidationConfig { neighbours: 9, ..c }
+                .validate(15)
+                .is_ok(),
+            "a group larger than an episode fills the episode"
+        );
         assert!(ConsolidationConfig { episodes: 0, ..c }
             .validate(15)
             .is_err());
@@ -172,9 +277,9 @@ mod tests {
         }
         .validate(0)
         .is_ok());
-        let due: Vec<usize> = (1..=6).filter(|&k| c.due(k, 6)).collect();
-        assert_eq!(due, [2, 4], "never after the last class");
-        assert!(!ConsolidationConfig { every: 0, ..c }.due(2, 6));
+        let due: Vec<usize> = (1..=6).filter(|&k| c.due(k)).collect();
+        assert_eq!(due, [2, 4, 6]);
+        assert!(!ConsolidationConfig { every: 0, ..c }.due(2));
     }
 
     /// Episodes are drawn from the known classes only, and each update moves the
@@ -198,6 +303,7 @@ mod tests {
                 &config(),
                 4,
                 side,
+                None,
                 &mut |c| {
                     asked.push(c);
                     images(c)
@@ -224,9 +330,71 @@ mod tests {
             &config(),
             1,
             side,
+            None,
             &mut |c| images(c),
             &mut Rng::new(1),
         );
         assert!(one.is_err(), "one class cannot make an episode");
+    }
+
+    /// Neighbour lists are nearest first and never hold the class itself; an episode
+    /// of groups holds each anchor's nearest classes, all distinct; near-neighbour
+    /// episodes refuse to run without prototypes.
+    #[test]
+    fn near_neighbour_episodes_group_the_closest_classes() {
+        // Classes on a line at 0, 1, 2, 10, 11, 12, 20, 21.
+        let at = [0.0f32, 1.0, 2.0, 10.0, 11.0, 12.0, 20.0, 21.0];
+        let means = Tensor::from_slice(&at).view([-1, 1]);
+        let near = nearest_classes(&means, 3);
+        assert_eq!(near[0], [1, 2, 3]);
+        assert!(near[4][..2].contains(&3) && near[4][..2].contains(&5));
+        assert_eq!(near[7][0], 6);
+        assert!(near.iter().enumerate().all(|(c, n)| !n.contains(&c)));
+        let mut rng = Rng::new(3);
+        for _ in 0..50 {
+            let e = episode_classes(8, 6, 3, Some(&near), &mut rng);
+            assert_eq!(e.len(), 6);
+            let mut sorted = e.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 6, "{e:?}");
+            // The first group is an anchor and its two nearest classes.
+            let (a, g) = (e[0], &e[1..3]);
+            assert!(g.iter().all(|c| near[a][..2].contains(c)), "{e:?}");
+        }
+        // A group larger than the episode fills it with the anchor's nearest classes.
+        let e = episode_classes(8, 3, 9, Some(&near), &mut rng);
+        assert_eq!(e[1..], near[e[0]][..2]);
+        // One neighbour per group is the random draw.
+        let (mut r1, mut r2) = (Rng::new(9), Rng::new(9));
+        assert_eq!(
+            episode_classes(8, 4, 1, Some(&near), &mut r1),
+            r2.choose_distinct(8, 4)
+        );
+        let mut net = ProtoNet::new(ProtoNetConfig::default(), 1, Device::Cpu).unwrap();
+        let hard = ConsolidationConfig {
+            neighbours: 2,
+            ..config()
+        };
+        let none = consolidate(
+            &mut net,
+            &hard,
+            4,
+            28,
+            None,
+            &mut |_| vec![0.0; 3 * 784],
+            &mut rng,
+        );
+        assert!(none.is_err());
+        let ok = consolidate(
+            &mut net,
+            &hard,
+            4,
+            28,
+            Some(&means.narrow(0, 0, 4)),
+            &mut |c| vec![c as f32 / 4.0; 3 * 784],
+            &mut rng,
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }
