@@ -7,6 +7,9 @@
 //! classes), with the same objective it was meta-trained with on the background
 //! classes. The stream's images are then encoded again and the memory rebuilds its
 //! prototypes from the new features ([`super::classinc::run_class_stream_refreshing`]).
+//! An episode's classes can be drawn in groups of near neighbours
+//! ([`ConsolidationConfig::neighbours`]), so that the encoder trains on the classes its
+//! memory confuses rather than on random ones it already tells apart.
 //! Only training images are ever replayed; test images are never seen by the encoder.
 
 use tch::{Device, Kind, Tensor};
