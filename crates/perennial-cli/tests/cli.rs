@@ -1186,6 +1186,26 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
     let resumed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(resumed["matrix"], straight["matrix"]);
     assert!(!stopped.join("checkpoint").exists());
+    // report shows BWT within the classes' own label sets beside GEM's.
+    let mut report = bin();
+    report.arg("report").arg(&out).arg(&stopped).arg("--json");
+    let o = run(&mut report);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // (JSON parsing may move the last digit.)
+    let one = lines[0]["bwt_own_labels"].as_f64().unwrap();
+    let mean = lines[2]["bwt_own_labels"]["mean"].as_f64().unwrap();
+    assert!(
+        (one - own).abs() < 1e-12 && (mean - own).abs() < 1e-12,
+        "{one} {mean} {own}"
+    );
+    let mut report = bin();
+    report.arg("report").arg(&out);
+    let o = run(&mut report);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("own BWT"));
     assert_fails(
         &run(&mut args(&dir.path().join("fresh"), &flags(&["--resume"]))),
         &["no checkpoint to resume"],

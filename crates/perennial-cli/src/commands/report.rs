@@ -31,7 +31,28 @@ const GROUP_KEYS: &[&str] = &[
 ];
 
 /// The numbers compared.
-const MEASURES: &[&str] = &["acc", "bwt", "fwt", "forgetting", "wall_s"];
+/// `bwt_own_labels` is BWT within each class's own label set (class-incremental
+/// Omniglot runs; absent elsewhere).
+const MEASURES: &[&str] = &[
+    "acc",
+    "bwt",
+    "bwt_own_labels",
+    "fwt",
+    "forgetting",
+    "wall_s",
+];
+
+/// The measures' column titles, in the order of [`MEASURES`].
+const TITLES: &[&str] = &["ACC %", "BWT", "own BWT", "FWT", "forget", "wall s"];
+
+/// `cells`, each right-aligned in `width` characters, separated by spaces.
+fn columns<S: AsRef<str>>(cells: &[S], width: usize) -> String {
+    cells
+        .iter()
+        .map(|c| format!("{:>width$}", c.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// One finished run.
 struct Run {
@@ -176,17 +197,13 @@ pub fn report(a: ReportArgs) -> Result<()> {
         }
     } else {
         println!(
-            "{:<28} {:<16} {:<19} {:<24} {:>4} {:>7} {:>7} {:>7} {:>7} {:>8}",
+            "{:<28} {:<16} {:<19} {:<24} {:>4} {}",
             "run",
             "stream",
             "scenario",
             "strategy",
             "seed",
-            "ACC %",
-            "BWT",
-            "FWT",
-            "forget",
-            "wall s"
+            columns(TITLES, 8)
         );
         for r in &runs {
             let dir = r.dir.display().to_string();
@@ -203,18 +220,21 @@ pub fn report(a: ReportArgs) -> Result<()> {
             } else {
                 dir
             };
+            let cells: Vec<String> = MEASURES
+                .iter()
+                .map(|&m| match m {
+                    "wall_s" => r.num(m).map_or("-".into(), |w| format!("{w:.1}")),
+                    _ => pct(r.num(m)),
+                })
+                .collect();
             println!(
-                "{:<28} {:<16} {:<19} {:<24} {:>4} {:>7} {:>7} {:>7} {:>7} {:>8}",
+                "{:<28} {:<16} {:<19} {:<24} {:>4} {}",
                 dir,
                 r.text("stream"),
                 r.text("scenario"),
                 r.label(),
                 r.seed().map_or("-".into(), |s| s.to_string()),
-                pct(r.num("acc")),
-                pct(r.num("bwt")),
-                pct(r.num("fwt")),
-                pct(r.num("forgetting")),
-                r.num("wall_s").map_or("-".into(), |w| format!("{w:.1}")),
+                columns(&cells, 8)
             );
         }
     }
@@ -222,8 +242,12 @@ pub fn report(a: ReportArgs) -> Result<()> {
     if !multi.is_empty() && !a.json {
         println!();
         println!(
-            "{:<16} {:<19} {:<24} {:>5} {:>13} {:>13} {:>13} {:>13} {:>12}",
-            "stream", "scenario", "strategy", "runs", "ACC %", "BWT", "FWT", "forget", "wall s"
+            "{:<16} {:<19} {:<24} {:>5} {}",
+            "stream",
+            "scenario",
+            "strategy",
+            "runs",
+            columns(TITLES, 13)
         );
     }
     for (_, members) in &multi {
@@ -259,17 +283,14 @@ pub fn report(a: ReportArgs) -> Result<()> {
                     }
                 })
             };
+            let cells: Vec<String> = (0..MEASURES.len()).map(cell).collect();
             println!(
-                "{:<16} {:<19} {:<24} {:>5} {:>13} {:>13} {:>13} {:>13} {:>12}",
+                "{:<16} {:<19} {:<24} {:>5} {}",
                 first.text("stream"),
                 first.text("scenario"),
                 first.label(),
                 members.len(),
-                cell(0),
-                cell(1),
-                cell(2),
-                cell(3),
-                cell(4),
+                columns(&cells, 13)
             );
         }
     }
