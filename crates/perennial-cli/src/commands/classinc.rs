@@ -186,7 +186,6 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         encoder,
         rng: Rng::for_item(a.seed, CONSOLIDATION_STREAM, 0),
         consolidations: Vec::new(),
-        means: Tensor::new(),
     };
     let start = if a.resume {
         let r = restore_class_checkpoint(&checkpoints, &run_config, learner.as_mut())
@@ -207,7 +206,6 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     };
     let t0 = Instant::now();
     let features = state.encoder.encode_all(&stream, quiet);
-    state.means = class_means(&features.train);
     let encode_s = t0.elapsed().as_secs_f64();
     let state = RefCell::new(state);
     let stopped = std::cell::Cell::new(false);
@@ -218,7 +216,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         learner.as_mut(),
         features,
         start,
-        &mut |known, _| {
+        &mut |known, learner| {
             if !consolidation.due(known) {
                 return Ok(None);
             }
@@ -227,7 +225,6 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
                 encoder,
                 rng,
                 consolidations,
-                means,
             } = &mut *st;
             let Encoder::Proto(net) = encoder else {
                 return Ok(None);
@@ -238,16 +235,14 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
                 &consolidation,
                 known,
                 stream.side(),
-                Some(&means.narrow(0, 0, known as i64)),
+                learner.prototypes(),
                 &mut |c| stream.images(c, Part::Train),
                 rng,
             )?;
             consolidations.push(serde_json::json!({
                 "classes": known, "loss": r.loss, "accuracy": r.accuracy,
             }));
-            let features = encoder.encode_all(&stream, true);
-            *means = class_means(&features.train);
-            Ok(Some(features))
+            Ok(Some(encoder.encode_all(&stream, true)))
         },
         &mut |record, learner| {
             let done = record.rows.len();
@@ -459,20 +454,6 @@ struct RunState {
     encoder: Encoder,
     rng: Rng,
     consolidations: Vec<serde_json::Value>,
-    /// Each class's prototype in the current embedding (`[classes, d]`), for
-    /// near-neighbour consolidation episodes.
-    means: Tensor,
-}
-
-/// Each class's mean training feature (`[classes, d]`): its prototype once learnt.
-fn class_means(train: &[Tensor]) -> Tensor {
-    tch::no_grad(|| {
-        let rows: Vec<Tensor> = train
-            .iter()
-            .map(|t| t.mean_dim(0, false, tch::Kind::Float))
-            .collect();
-        Tensor::stack(&rows, 0)
-    })
 }
 
 /// The JSON a checkpoint keeps of [`RunState`].

@@ -56,6 +56,12 @@ pub trait ClassLearner {
     /// The number of classes known.
     fn known(&self) -> usize;
 
+    /// One prototype per known class (`[known, d]`), for learners that keep them:
+    /// what near-neighbour meta-consolidation groups classes by. The default has none.
+    fn prototypes(&self) -> Option<&Tensor> {
+        None
+    }
+
     /// Everything the learner holds, for a checkpoint.
     fn state(&self) -> StrategyState;
 
@@ -118,11 +124,6 @@ impl PrototypeMemory {
         })
     }
 
-    /// The prototypes `[known, d]`.
-    pub fn prototypes(&self) -> Option<&Tensor> {
-        self.protos.as_ref()
-    }
-
     /// The current unknown threshold (a squared distance; ∞ until calibrated): the
     /// `quantile` of the recorded distances, computed when asked rather than on every
     /// example learnt.
@@ -150,6 +151,10 @@ impl PrototypeMemory {
 impl ClassLearner for PrototypeMemory {
     fn name(&self) -> &'static str {
         "perennial"
+    }
+
+    fn prototypes(&self) -> Option<&Tensor> {
+        self.protos.as_ref()
     }
 
     fn learn(&mut self, features: &Tensor, label: usize) -> Result<()> {
