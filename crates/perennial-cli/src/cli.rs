@@ -454,6 +454,12 @@ pub struct ContinualArgs {
     /// has seen its own classes' new examples.
     #[arg(long, default_value_t = 0.95)]
     pub unknown_quantile: f64,
+    /// omniglot-classes: each image's features are the mean of the encoder's features
+    /// of its translations by up to this many pixels in each direction ((2R+1)²
+    /// copies, zero fill), a fixed function of the image alone (0: the image only;
+    /// default 1 for perennial, 0 for the other strategies).
+    #[arg(long)]
+    pub shift_radius: Option<usize>,
     /// omniglot-classes, oml: the online head's learning rate at meta-test time
     /// (default: the step it was meta-trained with).
     #[arg(long)]

@@ -875,6 +875,10 @@ fn continual_runs_a_strategy_over_a_stream_and_writes_its_report() {
         ],
         &["--buffer"],
     );
+    bad(
+        &["--stream", "split-mnist", "--shift-radius", "1"],
+        &["--shift-radius", "omniglot-classes only"],
+    );
 }
 
 /// A `continual` run killed with SIGKILL between tasks resumes from its checkpoint and
@@ -1084,6 +1088,8 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
     assert_eq!(result["unknown"].as_array().unwrap().len(), 2);
     // Meta-consolidation is on by default, every 50 classes: none in 30.
     assert_eq!(result["consolidation"]["runs"], serde_json::json!([]));
+    // Perennial averages features over 1-pixel shifts by default.
+    assert_eq!(result["shift_radius"], 1);
     assert_eq!(
         result["learning_speed"]["mean_accuracy"]
             .as_array()
@@ -1181,6 +1187,13 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
         )),
         &["consolidation"],
     );
+    assert_fails(
+        &run(&mut args(
+            &stopped,
+            &flags(&["--resume", "--shift-radius", "0"]),
+        )),
+        &["shift_radius: 1 → 0"],
+    );
     let o = run(&mut args(&stopped, &flags(&["--resume"])));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let resumed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -1233,6 +1246,17 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
             "0",
         ],
         &["--consolidate-neighbours"],
+    );
+    bad(
+        &[
+            "--strategy",
+            "perennial",
+            "--encoder",
+            encoder,
+            "--shift-radius",
+            "8",
+        ],
+        &["--shift-radius", "at most 7"],
     );
     // OML: a representation meta-trained for its online head, then the head on it;
     // La-MAML's head runs on either encoder.

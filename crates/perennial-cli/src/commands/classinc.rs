@@ -21,6 +21,7 @@ use perennial::data::Rng;
 use perennial::meta::metric::ProtoNet;
 use perennial::meta::oml::Oml;
 use perennial::meta::MetaLearner;
+use perennial::nn::shift_averaged;
 use tch::{Device, Tensor};
 
 use perennial::plot::heat_map;
@@ -146,6 +147,19 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
             );
         }
     }
+    // Shift averaging is part of Perennial's learner; the baselines keep their
+    // published single-image features unless asked.
+    let shift = a
+        .shift_radius
+        .unwrap_or(usize::from(a.strategy == "perennial"));
+    if shift > stream.side() / 4 {
+        bail!(
+            "invalid --shift-radius = {shift}: at most {} (a quarter of the {}-pixel side)",
+            stream.side() / 4,
+            stream.side()
+        );
+    }
+    let shift = shift as i64;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
 
     // The feature width, from one image; the stream is encoded once the encoder is
@@ -176,6 +190,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         "spec": spec,
         "encoder": encoder_dir.display().to_string(),
         "lr": oml_or_naive_lr,
+        "shift_radius": shift,
         "unknown_quantile": (a.strategy == "perennial").then_some(a.unknown_quantile),
         "lamaml": (a.strategy == "lamaml").then(|| super::continual::lamaml_config(&a)),
         "consolidation": (consolidation.every > 0).then(|| serde_json::json!({
@@ -205,7 +220,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         Default::default()
     };
     let t0 = Instant::now();
-    let features = state.encoder.encode_all(&stream, quiet);
+    let features = state.encoder.encode_all(&stream, shift, quiet);
     let encode_s = t0.elapsed().as_secs_f64();
     let state = RefCell::new(state);
     let stopped = std::cell::Cell::new(false);
@@ -242,7 +257,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
             consolidations.push(serde_json::json!({
                 "classes": known, "loss": r.loss, "accuracy": r.accuracy,
             }));
-            Ok(Some(encoder.encode_all(&stream, true)))
+            Ok(Some(encoder.encode_all(&stream, shift, true)))
         },
         &mut |record, learner| {
             let done = record.rows.len();
@@ -298,6 +313,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         "spec": spec,
         "encoder": encoder_dir.display().to_string(),
         "lr": oml_or_naive_lr,
+        "shift_radius": shift,
         "encoder_algorithm": config.algorithm,
         "unknown_quantile": (a.strategy == "perennial").then_some(a.unknown_quantile),
         "lamaml": (a.strategy == "lamaml").then(|| super::continual::lamaml_config(&a)),
@@ -483,13 +499,14 @@ impl Encoder {
         }
     }
 
-    /// Every class's training and test images, encoded.
-    fn encode_all(&self, stream: &ClassStream, quiet: bool) -> Features {
+    /// Every class's training and test images, encoded, each averaged over its
+    /// translations by up to `shift` pixels.
+    fn encode_all(&self, stream: &ClassStream, shift: i64, quiet: bool) -> Features {
         let side = stream.side() as i64;
         let encode = |c: usize, part: Part| -> Tensor {
             let n = stream.examples(c, part) as i64;
             let x = Tensor::from_slice(&stream.images(c, part)).view([n, 1, side, side]);
-            self.embed_eval(&x)
+            shift_averaged(|x| self.embed_eval(x), &x, shift)
         };
         let pb = bar(stream.len() as u64, "encode", quiet);
         let mut train = Vec::with_capacity(stream.len());

@@ -28,6 +28,9 @@ pub fn continual(a: ContinualArgs, quiet: bool) -> Result<()> {
     if a.stop_after.is_some() {
         bail!("--stop-after: omniglot-classes only (MNIST runs checkpoint after every task)");
     }
+    if a.shift_radius.is_some() {
+        bail!("--shift-radius: omniglot-classes only");
+    }
     if a.encoder.is_some() {
         bail!("--encoder: only the omniglot-classes stream takes a meta-learned encoder");
     }
