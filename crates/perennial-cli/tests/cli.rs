@@ -1218,7 +1218,9 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
     let mut report = bin();
     report.arg("report").arg(&out);
     let o = run(&mut report);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("own BWT"));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("own BWT"), "{table}");
+    assert!(table.contains("(consolidate/5, shift 1)"), "{table}");
     assert_fails(
         &run(&mut args(&dir.path().join("fresh"), &flags(&["--resume"]))),
         &["no checkpoint to resume"],

@@ -28,6 +28,7 @@ const GROUP_KEYS: &[&str] = &[
     "unknown_quantile",
     "lamaml",
     "consolidation",
+    "shift_radius",
 ];
 
 /// The numbers compared.
@@ -109,7 +110,11 @@ impl Run {
     fn key(&self) -> Value {
         let mut key = serde_json::Map::new();
         for &k in GROUP_KEYS {
-            let mut v = self.result.get(k).cloned().unwrap_or(Value::Null);
+            let mut v = if k == "shift_radius" {
+                self.shift_radius().map_or(Value::Null, Value::from)
+            } else {
+                self.result.get(k).cloned().unwrap_or(Value::Null)
+            };
             if let Some(spec) = v.as_object_mut() {
                 spec.remove("seed");
                 // Meta-consolidation's log differs from run to run; its settings do not.
@@ -120,29 +125,47 @@ impl Run {
         Value::Object(key)
     }
 
-    /// The strategy with its distinguishing setting, e.g. `er (buffer 200)`.
+    /// The strategy with its distinguishing settings, e.g. `er (buffer 200)` or
+    /// `perennial (consolidate/50, shift 1)`.
     fn label(&self) -> String {
         let strategy = self.text("strategy");
-        let param = [
-            ("buffer", "buffer"),
-            ("ewc_lambda", "λ"),
-            ("memory_per_task", "memory/task"),
+        let setting = [
+            ("buffer", "buffer "),
+            ("ewc_lambda", "λ "),
+            ("memory_per_task", "memory/task "),
         ]
         .iter()
         .find_map(|(k, name)| {
             self.result
                 .get(*k)
                 .filter(|v| !v.is_null())
-                .map(|v| format!(" ({name} {v})"))
+                .map(|v| format!("{name}{v}"))
         })
         .or_else(|| {
             self.result
                 .get("consolidation")
                 .and_then(|c| c.pointer("/settings/every"))
-                .map(|every| format!(" (consolidate/{every})"))
-        })
-        .unwrap_or_default();
-        format!("{strategy}{param}")
+                .map(|every| format!("consolidate/{every}"))
+        });
+        let shift = self
+            .shift_radius()
+            .filter(|&r| r > 0)
+            .map(|r| format!("shift {r}"));
+        let settings: Vec<String> = setting.into_iter().chain(shift).collect();
+        if settings.is_empty() {
+            strategy
+        } else {
+            format!("{strategy} ({})", settings.join(", "))
+        }
+    }
+
+    /// The radius of shift averaging of an Omniglot class-stream run (0 for runs from
+    /// before it existed; `None` for the other streams).
+    fn shift_radius(&self) -> Option<u64> {
+        match self.result.get("shift_radius") {
+            Some(v) => v.as_u64(),
+            None => (self.text("stream") == "omniglot-classes").then_some(0),
+        }
     }
 
     fn seen(&self) -> Vec<f64> {
@@ -181,6 +204,13 @@ pub fn report(a: ReportArgs) -> Result<()> {
             None => groups.push((key, vec![i])),
         }
     }
+    // The strategy column fits the longest label.
+    let sw = runs
+        .iter()
+        .map(|r| r.label().chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(24);
     if a.json {
         for r in &runs {
             let mut line = serde_json::json!({
@@ -197,7 +227,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         }
     } else {
         println!(
-            "{:<28} {:<16} {:<19} {:<24} {:>4} {}",
+            "{:<28} {:<16} {:<19} {:<sw$} {:>4} {}",
             "run",
             "stream",
             "scenario",
@@ -228,7 +258,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
                 })
                 .collect();
             println!(
-                "{:<28} {:<16} {:<19} {:<24} {:>4} {}",
+                "{:<28} {:<16} {:<19} {:<sw$} {:>4} {}",
                 dir,
                 r.text("stream"),
                 r.text("scenario"),
@@ -242,7 +272,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
     if !multi.is_empty() && !a.json {
         println!();
         println!(
-            "{:<16} {:<19} {:<24} {:>5} {}",
+            "{:<16} {:<19} {:<sw$} {:>5} {}",
             "stream",
             "scenario",
             "strategy",
@@ -285,7 +315,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
             };
             let cells: Vec<String> = (0..MEASURES.len()).map(cell).collect();
             println!(
-                "{:<16} {:<19} {:<24} {:>5} {}",
+                "{:<16} {:<19} {:<sw$} {:>5} {}",
                 first.text("stream"),
                 first.text("scenario"),
                 first.label(),
