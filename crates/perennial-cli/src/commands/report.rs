@@ -74,12 +74,16 @@ impl Run {
         }
         let text =
             std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        let result: Value = serde_json::from_str(&text)
+        let mut result: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: corrupt result file", p.display()))?;
         for k in ["acc", "matrix", "stream", "strategy"] {
             if result.get(k).is_none() {
                 bail!("{}: corrupt result file: no \"{k}\"", p.display());
             }
+        }
+        // Omniglot class-stream runs from before --shift-radius averaged nothing.
+        if result["stream"] == "omniglot-classes" && result.get("shift_radius").is_none() {
+            result["shift_radius"] = 0.into();
         }
         Ok(Run {
             dir: dir.to_path_buf(),
@@ -110,11 +114,7 @@ impl Run {
     fn key(&self) -> Value {
         let mut key = serde_json::Map::new();
         for &k in GROUP_KEYS {
-            let mut v = if k == "shift_radius" {
-                self.shift_radius().map_or(Value::Null, Value::from)
-            } else {
-                self.result.get(k).cloned().unwrap_or(Value::Null)
-            };
+            let mut v = self.result.get(k).cloned().unwrap_or(Value::Null);
             if let Some(spec) = v.as_object_mut() {
                 spec.remove("seed");
                 // Meta-consolidation's log differs from run to run; its settings do not.
@@ -148,7 +148,9 @@ impl Run {
                 .map(|every| format!("consolidate/{every}"))
         });
         let shift = self
-            .shift_radius()
+            .result
+            .get("shift_radius")
+            .and_then(Value::as_u64)
             .filter(|&r| r > 0)
             .map(|r| format!("shift {r}"));
         let settings: Vec<String> = setting.into_iter().chain(shift).collect();
@@ -156,15 +158,6 @@ impl Run {
             strategy
         } else {
             format!("{strategy} ({})", settings.join(", "))
-        }
-    }
-
-    /// The radius of shift averaging of an Omniglot class-stream run (0 for runs from
-    /// before it existed; `None` for the other streams).
-    fn shift_radius(&self) -> Option<u64> {
-        match self.result.get("shift_radius") {
-            Some(v) => v.as_u64(),
-            None => (self.text("stream") == "omniglot-classes").then_some(0),
         }
     }
 

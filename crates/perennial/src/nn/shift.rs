@@ -13,24 +13,23 @@ use tch::Tensor;
 /// then the shifts in row-major order of `(dy, dx)`. Content shifted out of the frame
 /// is dropped. `radius` 0 gives the images alone.
 pub fn translations(x: &Tensor, radius: i64) -> Tensor {
+    Tensor::stack(&translated(x, radius).collect::<Vec<_>>(), 0)
+}
+
+/// The translations of [`translations`], one `[n, c, h, w]` view of the padded
+/// images each, in the same order.
+fn translated(x: &Tensor, radius: i64) -> impl Iterator<Item = Tensor> {
     let s = x.size();
     let (h, w) = (s[2], s[3]);
     let r = radius.max(0);
     let padded = x.constant_pad_nd([r, r, r, r]);
-    let mut shifts = vec![(0, 0)];
-    for dy in -r..=r {
-        for dx in -r..=r {
-            if (dy, dx) != (0, 0) {
-                shifts.push((dy, dx));
-            }
-        }
-    }
-    let views: Vec<Tensor> = shifts
-        .into_iter()
+    let shifts = (-r..=r)
+        .flat_map(move |dy| (-r..=r).map(move |dx| (dy, dx)))
+        .filter(|&d| d != (0, 0));
+    std::iter::once((0, 0))
+        .chain(shifts)
         // The output pixel (i, j) reads the input pixel (i − dy, j − dx).
-        .map(|(dy, dx)| padded.narrow(2, r - dy, h).narrow(3, r - dx, w))
-        .collect();
-    Tensor::stack(&views, 0)
+        .map(move |(dy, dx)| padded.narrow(2, r - dy, h).narrow(3, r - dx, w))
 }
 
 /// `embed` (images `[m, c, h, w]` to features `[m, d]`) of images `[n, c, h, w]`,
@@ -42,12 +41,12 @@ pub fn shift_averaged(embed: impl Fn(&Tensor) -> Tensor, x: &Tensor, radius: i64
     if radius <= 0 {
         return embed(x);
     }
-    let t = translations(x, radius);
-    let k = t.size()[0];
-    let mut sum = embed(&t.get(0));
-    for i in 1..k {
-        sum += embed(&t.get(i));
-    }
+    let k = (2 * radius + 1).pow(2);
+    // (Never empty: the untranslated images come first.)
+    let sum = translated(x, radius)
+        .map(|v| embed(&v))
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| embed(x));
     sum / k as f64
 }
 
