@@ -471,7 +471,7 @@ pub struct ContinualArgs {
     #[arg(long)]
     pub consolidate_every: Option<usize>,
     /// Episodes per meta-consolidation.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 60)]
     pub consolidate_episodes: usize,
     /// Classes per consolidation episode (at most the classes learnt).
     #[arg(long, default_value_t = 20)]
@@ -487,6 +487,10 @@ pub struct ContinualArgs {
     /// memory confuses (1: classes drawn at random).
     #[arg(long, default_value_t = 5)]
     pub consolidate_neighbours: usize,
+    /// Translate each replayed image by a random shift of up to this many pixels
+    /// (zero fill) each time it enters a consolidation episode (0: as stored).
+    #[arg(long, default_value_t = 1)]
+    pub consolidate_jitter: usize,
     /// Adam learning rate of meta-consolidation.
     #[arg(long, default_value_t = 1e-4)]
     pub consolidate_lr: f64,

@@ -1194,6 +1194,13 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
         )),
         &["shift_radius: 1 → 0"],
     );
+    assert_fails(
+        &run(&mut args(
+            &stopped,
+            &flags(&["--resume", "--consolidate-jitter", "0"]),
+        )),
+        &["consolidation"],
+    );
     let o = run(&mut args(&stopped, &flags(&["--resume"])));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let resumed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -1220,7 +1227,10 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
     let o = run(&mut report);
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("own BWT"), "{table}");
-    assert!(table.contains("(consolidate/5, shift 1)"), "{table}");
+    assert!(
+        table.contains("(consolidate/5, jitter 1, shift 1)"),
+        "{table}"
+    );
     assert_fails(
         &run(&mut args(&dir.path().join("fresh"), &flags(&["--resume"]))),
         &["no checkpoint to resume"],
@@ -1259,6 +1269,17 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
             "8",
         ],
         &["--shift-radius", "at most 7"],
+    );
+    bad(
+        &[
+            "--strategy",
+            "perennial",
+            "--encoder",
+            encoder,
+            "--consolidate-jitter",
+            "8",
+        ],
+        &["--consolidate-jitter", "at most 7"],
     );
     // OML: a representation meta-trained for its online head, then the head on it;
     // La-MAML's head runs on either encoder.

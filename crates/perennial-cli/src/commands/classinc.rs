@@ -76,6 +76,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         shots: a.consolidate_shots,
         queries: a.consolidate_queries,
         neighbours: a.consolidate_neighbours,
+        jitter: a.consolidate_jitter,
     };
     consolidation.validate(a.train_per_task.unwrap_or(15))?;
     if !(a.consolidate_lr > 0.0 && a.consolidate_lr.is_finite()) {
@@ -155,6 +156,14 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     if shift > stream.side() / 4 {
         bail!(
             "invalid --shift-radius = {shift}: at most {} (a quarter of the {}-pixel side)",
+            stream.side() / 4,
+            stream.side()
+        );
+    }
+    if a.consolidate_jitter > stream.side() / 4 {
+        bail!(
+            "invalid --consolidate-jitter = {}: at most {} (a quarter of the {}-pixel side)",
+            a.consolidate_jitter,
             stream.side() / 4,
             stream.side()
         );

@@ -126,7 +126,7 @@ impl Run {
     }
 
     /// The strategy with its distinguishing settings, e.g. `er (buffer 200)` or
-    /// `perennial (consolidate/50, shift 1)`.
+    /// `perennial (consolidate/50, jitter 1, shift 1)`.
     fn label(&self) -> String {
         let strategy = self.text("strategy");
         let setting = [
@@ -142,10 +142,12 @@ impl Run {
                 .map(|v| format!("{name}{v}"))
         })
         .or_else(|| {
-            self.result
-                .get("consolidation")
-                .and_then(|c| c.pointer("/settings/every"))
-                .map(|every| format!("consolidate/{every}"))
+            let settings = self.result.get("consolidation")?.get("settings")?;
+            let every = settings.get("every")?;
+            Some(match settings.get("jitter").and_then(Value::as_u64) {
+                Some(j) if j > 0 => format!("consolidate/{every}, jitter {j}"),
+                _ => format!("consolidate/{every}"),
+            })
         });
         let shift = self
             .result
