@@ -153,21 +153,8 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     let shift = a
         .shift_radius
         .unwrap_or(usize::from(a.strategy == "perennial"));
-    if shift > stream.side() / 4 {
-        bail!(
-            "invalid --shift-radius = {shift}: at most {} (a quarter of the {}-pixel side)",
-            stream.side() / 4,
-            stream.side()
-        );
-    }
-    if a.consolidate_jitter > stream.side() / 4 {
-        bail!(
-            "invalid --consolidate-jitter = {}: at most {} (a quarter of the {}-pixel side)",
-            a.consolidate_jitter,
-            stream.side() / 4,
-            stream.side()
-        );
-    }
+    at_most_a_quarter("--shift-radius", shift, stream.side())?;
+    at_most_a_quarter("--consolidate-jitter", a.consolidate_jitter, stream.side())?;
     let shift = shift as i64;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
 
@@ -428,6 +415,18 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
                 rates.join("  ")
             );
         }
+    }
+    Ok(())
+}
+
+/// A translation of up to `pixels` (shift averaging, consolidation jitter) is at most a
+/// quarter of the image `side`.
+fn at_most_a_quarter(flag: &str, pixels: usize, side: usize) -> Result<()> {
+    if pixels > side / 4 {
+        bail!(
+            "invalid {flag} = {pixels}: at most {} (a quarter of the {side}-pixel side)",
+            side / 4
+        );
     }
     Ok(())
 }
