@@ -471,7 +471,7 @@ pub struct ContinualArgs {
     #[arg(long)]
     pub consolidate_every: Option<usize>,
     /// Episodes per meta-consolidation.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 120)]
     pub consolidate_episodes: usize,
     /// Classes per consolidation episode (at most the classes learnt).
     #[arg(long, default_value_t = 20)]

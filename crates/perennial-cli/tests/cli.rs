@@ -1228,7 +1228,7 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("own BWT"), "{table}");
     assert!(
-        table.contains("(consolidate/5, jitter 1, shift 1)"),
+        table.contains("(consolidate/5, 2 episodes, jitter 1, shift 1)"),
         "{table}"
     );
     assert_fails(

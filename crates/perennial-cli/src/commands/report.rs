@@ -126,7 +126,7 @@ impl Run {
     }
 
     /// The strategy with its distinguishing settings, e.g. `er (buffer 200)` or
-    /// `perennial (consolidate/50, jitter 1, shift 1)`.
+    /// `perennial (consolidate/50, 120 episodes, jitter 1, shift 1)`.
     fn label(&self) -> String {
         let strategy = self.text("strategy");
         let setting = [
@@ -144,10 +144,15 @@ impl Run {
         .or_else(|| {
             let settings = self.result.get("consolidation")?.get("settings")?;
             let every = settings.get("every")?;
-            Some(match settings.get("jitter").and_then(Value::as_u64) {
-                Some(j) if j > 0 => format!("consolidate/{every}, jitter {j}"),
-                _ => format!("consolidate/{every}"),
-            })
+            let mut label = format!("consolidate/{every}");
+            if let Some(n) = settings.get("episodes").filter(|_| every != 0) {
+                label.push_str(&format!(", {n} episodes"));
+            }
+            let jitter = settings.get("jitter").and_then(Value::as_u64);
+            if let Some(j) = jitter.filter(|&j| j > 0) {
+                label.push_str(&format!(", jitter {j}"));
+            }
+            Some(label)
         });
         let shift = self
             .result
