@@ -129,7 +129,7 @@ impl Run {
     /// `perennial (consolidate/50, 120 episodes, jitter 1, shift 1)`.
     fn label(&self) -> String {
         let strategy = self.text("strategy");
-        let setting = [
+        let mut settings: Vec<String> = [
             ("buffer", "buffer "),
             ("ewc_lambda", "λ "),
             ("memory_per_task", "memory/task "),
@@ -141,26 +141,20 @@ impl Run {
                 .filter(|v| !v.is_null())
                 .map(|v| format!("{name}{v}"))
         })
-        .or_else(|| {
-            let settings = self.result.get("consolidation")?.get("settings")?;
-            let every = settings.get("every")?;
-            let mut label = format!("consolidate/{every}");
-            if let Some(n) = settings.get("episodes").filter(|_| every != 0) {
-                label.push_str(&format!(", {n} episodes"));
-            }
-            let jitter = settings.get("jitter").and_then(Value::as_u64);
-            if let Some(j) = jitter.filter(|&j| j > 0) {
-                label.push_str(&format!(", jitter {j}"));
-            }
-            Some(label)
-        });
-        let shift = self
+        .into_iter()
+        .collect();
+        let consolidation = self
             .result
-            .get("shift_radius")
-            .and_then(Value::as_u64)
-            .filter(|&r| r > 0)
-            .map(|r| format!("shift {r}"));
-        let settings: Vec<String> = setting.into_iter().chain(shift).collect();
+            .get("consolidation")
+            .and_then(|c| c.get("settings"));
+        if let Some((c, every)) = consolidation.and_then(|c| Some((c, c.get("every")?))) {
+            if settings.is_empty() {
+                settings.push(format!("consolidate/{every}"));
+                settings.extend(c.get("episodes").map(|n| format!("{n} episodes")));
+                settings.extend(positive(c, "jitter").map(|j| format!("jitter {j}")));
+            }
+        }
+        settings.extend(positive(&self.result, "shift_radius").map(|r| format!("shift {r}")));
         if settings.is_empty() {
             strategy
         } else {
@@ -175,6 +169,11 @@ impl Run {
             .map(|a| a.iter().filter_map(Value::as_f64).collect())
             .unwrap_or_default()
     }
+}
+
+/// `key`'s value in `v` when it is a positive integer.
+fn positive(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64).filter(|&n| n > 0)
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
