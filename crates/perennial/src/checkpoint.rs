@@ -22,10 +22,10 @@ use perennial_data::EpisodeSpec;
 use tch::Tensor;
 
 use crate::error::{Error, Result};
-use crate::meta::maml::MamlConfig;
+use crate::lifelong::oml::OmlConfig;
 use crate::meta::metric::ProtoNetConfig;
-use crate::meta::oml::OmlConfig;
-use crate::meta::reptile::ReptileConfig;
+use crate::meta::optimization::maml::MamlConfig;
+use crate::meta::optimization::reptile::ReptileConfig;
 use crate::nn::params::{load_named, save_named};
 use crate::nn::BackboneConfig;
 use perennial_data::sinusoid::SinusoidSpec;

@@ -5,8 +5,8 @@
 //!   adapted parameters without copying modules; distances.
 //! * [`meta`]: the [`meta::MetaLearner`] / [`meta::Adapted`] vocabulary shared by every
 //!   algorithm, and the algorithms themselves: [`meta::metric::ProtoNet`], the MAML family
-//!   ([`meta::maml::Maml`]: MAML, first-order MAML, ANIL, Meta-SGD) and
-//!   [`meta::reptile::Reptile`].
+//!   ([`meta::optimization::maml::Maml`]: MAML, first-order MAML, ANIL, Meta-SGD) and
+//!   [`meta::optimization::reptile::Reptile`].
 //! * [`continual`]: lifelong-learning metrics (ACC, BWT, FWT, forgetting) and the
 //!   reservoir buffer of experience replay.
 //! * [`optim`]: Adam with a step schedule whose state is checkpointable.
@@ -16,9 +16,9 @@
 //! * [`train`]: the episodic training loop with validation and best-checkpoint keeping.
 
 pub mod checkpoint;
-pub mod continual;
 pub mod error;
 pub mod eval;
+pub mod lifelong;
 pub mod meta;
 pub mod nn;
 pub mod optim;

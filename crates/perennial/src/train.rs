@@ -10,10 +10,10 @@ use tch::Device;
 use crate::checkpoint::{RunConfig, RunDir, RunState, ScheduleConfig};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, Summary};
-use crate::meta::maml::{Maml, MamlVariant};
+use crate::lifelong::oml::Oml;
 use crate::meta::metric::ProtoNet;
-use crate::meta::oml::Oml;
-use crate::meta::reptile::Reptile;
+use crate::meta::optimization::maml::{Maml, MamlVariant};
+use crate::meta::optimization::reptile::Reptile;
 use crate::meta::{MetaLearner, StepReport};
 use crate::tensors::Task;
 

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use perennial::continual::{
+use perennial::data::mnist::Mnist;
+use perennial::data::stream::{Scenario, Stream, StreamName, StreamSpec};
+use perennial::lifelong::{
     run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, LaMaml, LaMamlConfig, Mer, MerConfig,
     Naive, Replay, RunRecord, RunSettings, Strategy,
 };
-use perennial::data::mnist::Mnist;
-use perennial::data::stream::{Scenario, Stream, StreamName, StreamSpec};
 
 fn split_mnist(scenario: Scenario) -> Option<Stream> {
     // A 784-100-100-10 MLP on batches of 10 is far too small to split over threads.
@@ -49,7 +49,7 @@ fn record(strategy: &mut dyn Strategy, stream: &Stream) -> RunRecord {
     r
 }
 
-fn run(strategy: &mut dyn Strategy, stream: &Stream) -> perennial::continual::AccuracyMatrix {
+fn run(strategy: &mut dyn Strategy, stream: &Stream) -> perennial::lifelong::AccuracyMatrix {
     record(strategy, stream).matrix().unwrap()
 }
 
@@ -314,10 +314,10 @@ fn a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one() {
 /// head forgets, and the unknown flag fires far more often on classes not learnt yet.
 #[test]
 fn prototype_memory_keeps_old_classes_where_an_online_head_forgets() {
-    use perennial::continual::classinc::{run_class_stream, OnlineHead, PrototypeMemory};
     use perennial::data::classinc::{ClassStream, ClassStreamSpec};
     use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
     use perennial::data::stream::Part;
+    use perennial::lifelong::classinc::{run_class_stream, OnlineHead, PrototypeMemory};
     use perennial::meta::metric::{ProtoNet, ProtoNetConfig};
     use tch::Tensor;
 
@@ -382,12 +382,12 @@ fn prototype_memory_keeps_old_classes_where_an_online_head_forgets() {
 /// online head on a support set) beats chance on held-out episodes.
 #[test]
 fn oml_meta_training_makes_an_online_head_remember() {
-    use perennial::continual::classinc::{run_class_stream, OnlineHead};
     use perennial::data::classinc::{ClassStream, ClassStreamSpec};
     use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
     use perennial::data::stream::Part;
     use perennial::data::{EpisodeSampler, EpisodeSpec};
-    use perennial::meta::oml::{Oml, OmlConfig};
+    use perennial::lifelong::classinc::{run_class_stream, OnlineHead};
+    use perennial::lifelong::oml::{Oml, OmlConfig};
     use perennial::meta::MetaLearner;
     use perennial::tensors::Task;
     use tch::{Device, Tensor};

@@ -3,9 +3,9 @@
 
 use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
 use perennial::data::Rng;
-use perennial::meta::fastnet::{FastNetConfig, Objective};
-use perennial::meta::maml::{msl_weights, Maml, MamlConfig, MamlVariant};
-use perennial::meta::reptile::{Reptile, ReptileConfig};
+use perennial::meta::optimization::fastnet::{FastNetConfig, Objective};
+use perennial::meta::optimization::maml::{msl_weights, Maml, MamlConfig, MamlVariant};
+use perennial::meta::optimization::reptile::{Reptile, ReptileConfig};
 use perennial::meta::MetaLearner;
 use perennial::nn::{BackboneConfig, ConvInit};
 use perennial::tensors::{Batch, Task};

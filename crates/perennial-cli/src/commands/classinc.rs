@@ -7,19 +7,19 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use perennial::checkpoint::RunDir;
-use perennial::continual::classinc::{
-    restore_class_checkpoint, run_class_stream_refreshing, save_class_checkpoint, ClassLearner,
-    Features, LaMamlHead, OnlineHead, PrototypeMemory,
-};
-use perennial::continual::consolidate::{consolidate, ConsolidationConfig};
-use perennial::continual::Checkpoints;
 use perennial::data::classinc::{ClassStream, ClassStreamSpec};
 use perennial::data::omniglot::{Split, SplitScheme};
 use perennial::data::paths;
 use perennial::data::stream::Part;
 use perennial::data::Rng;
+use perennial::lifelong::classinc::{
+    restore_class_checkpoint, run_class_stream_refreshing, save_class_checkpoint, ClassLearner,
+    Features, LaMamlHead, OnlineHead, PrototypeMemory,
+};
+use perennial::lifelong::consolidate::{consolidate, ConsolidationConfig};
+use perennial::lifelong::oml::Oml;
+use perennial::lifelong::Checkpoints;
 use perennial::meta::metric::ProtoNet;
-use perennial::meta::oml::Oml;
 use perennial::meta::MetaLearner;
 use perennial::nn::shift_averaged;
 use tch::{Device, Tensor};
@@ -300,7 +300,7 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     let matrix = record.matrix()?;
     let m = matrix.metrics();
     let seen = matrix.seen_accuracy();
-    let speed = perennial::continual::learner::mean_speed(&record.speed);
+    let speed = perennial::lifelong::learner::mean_speed(&record.speed);
 
     let result = serde_json::json!({
         "stream": "omniglot-classes",

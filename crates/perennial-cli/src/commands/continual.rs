@@ -5,13 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use perennial::continual::{
-    run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, LaMaml, LaMamlConfig, Mer, MerConfig,
-    Naive, Replay, RunRecord, RunSettings, Strategy, SPEED_POINTS,
-};
 use perennial::data::mnist::Mnist;
 use perennial::data::paths;
 use perennial::data::stream::{Scenario, Stream, StreamName, StreamSpec};
+use perennial::lifelong::{
+    run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, LaMaml, LaMamlConfig, Mer, MerConfig,
+    Naive, Replay, RunRecord, RunSettings, Strategy, SPEED_POINTS,
+};
 use perennial::plot::{heat_map, line_plot, Series, Style};
 
 use crate::cli::ContinualArgs;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
 use perennial::data::{paths, ClassSet};
-use perennial::meta::maml::MamlVariant;
+use perennial::meta::optimization::maml::MamlVariant;
 use tch::Device;
 
 use crate::cli::{Cli, Command, TrainAlgorithm};

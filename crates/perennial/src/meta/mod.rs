@@ -5,11 +5,9 @@
 //! One evaluation loop ([`crate::eval`]) and one training loop ([`crate::train`]) serve
 //! every algorithm through these two traits.
 
-pub mod fastnet;
-pub mod maml;
+pub mod memory;
 pub mod metric;
-pub mod oml;
-pub mod reptile;
+pub mod optimization;
 
 use tch::Tensor;
 

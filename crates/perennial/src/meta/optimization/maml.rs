@@ -9,7 +9,7 @@
 //! * **Meta-SGD** (Li et al. 2017): every parameter has its own learned inner learning
 //!   rate (a tensor of its shape, initialised to `inner_lr`), meta-trained with θ.
 //!
-//! Batch norm uses batch statistics everywhere (see [`crate::meta::fastnet`]). When the
+//! Batch norm uses batch statistics everywhere (see [`crate::meta::optimization::fastnet`]). When the
 //! body can run many tasks at once ([`crate::nn::Backbone::forward_tasks`], e.g. the
 //! sinusoid MLP) and the tasks of a meta-batch have equal sizes, the whole meta-batch is
 //! one batched computation: each task's copy of θ is a broadcast view, and one
@@ -33,7 +33,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::meta::fastnet::{FastNet, FastNetConfig};
+use crate::meta::optimization::fastnet::{FastNet, FastNetConfig};
 use crate::meta::{Adapted, MetaLearner, StepReport};
 use crate::nn::ParamSet;
 use crate::optim::{Adam, AdamConfig};

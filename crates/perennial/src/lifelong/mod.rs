@@ -20,6 +20,7 @@ pub mod consolidate;
 pub mod lamaml;
 pub mod learner;
 pub mod metrics;
+pub mod oml;
 pub mod reservoir;
 pub mod strategies;
 

@@ -15,8 +15,8 @@
 use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::meta::fastnet::{FastNet, FastNetConfig};
-use crate::meta::maml::FineTuned;
+use crate::meta::optimization::fastnet::{FastNet, FastNetConfig};
+use crate::meta::optimization::maml::FineTuned;
 use crate::meta::{Adapted, MetaLearner, StepReport};
 use crate::nn::ParamSet;
 use crate::tensors::{Batch, Task};

@@ -16,7 +16,7 @@
 //!
 //! [`LookAhead`] is that update on any parameter set and any two loss functions; it
 //! serves [`LaMaml`], the strategy on the MNIST streams, and the class-incremental
-//! [`crate::continual::classinc::LaMamlHead`].
+//! [`crate::lifelong::classinc::LaMamlHead`].
 
 use std::ops::Range;
 

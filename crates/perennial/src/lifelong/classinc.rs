@@ -15,10 +15,10 @@
 //!   as it learns, with no outside data).
 //! * [`OnlineHead`]: a linear softmax head trained online by SGD on the same features,
 //!   one example at a time: OML's meta-test learner. On an OML representation
-//!   ([`crate::meta::oml`], meta-trained for exactly this head) it is *OML*; on a
+//!   ([`crate::lifelong::oml`], meta-trained for exactly this head) it is *OML*; on a
 //!   ProtoNet representation it is the *naive* baseline of this stream.
 //! * [`LaMamlHead`]: La-MAML's look-ahead update with learned per-weight rates and a
-//!   replay buffer ([`crate::continual::lamaml`]) on the same linear head.
+//!   replay buffer ([`crate::lifelong::lamaml`]) on the same linear head.
 //!
 //! The record holds the accuracy matrix `R[i][j]` (accuracy on class `j`'s test images,
 //! among all classes known, after learning classes `0..=i`; zero above the diagonal,
@@ -263,7 +263,7 @@ impl ClassLearner for PrototypeMemory {
     }
 }
 
-/// La-MAML ([`crate::continual::lamaml`]) on a linear softmax head over the features:
+/// La-MAML ([`crate::lifelong::lamaml`]) on a linear softmax head over the features:
 /// each arriving example is the incoming batch (one inner step per glance), its
 /// meta-loss adds a draw from a reservoir buffer of earlier examples' features, and the
 /// head's learned per-weight rates gate its updates. Cross-entropy is over the classes
