@@ -18,9 +18,6 @@ use crate::imageops::rot90_into;
 use crate::rng::Rng;
 use crate::stream::Part;
 
-/// The generator stream of the class order.
-const ORDER_STREAM: u64 = 0x0C1A_55E5;
-
 /// Settings of a class-incremental stream.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClassStreamSpec {
@@ -98,7 +95,7 @@ impl ClassStream {
             ));
         }
         let mut order: Vec<usize> = (0..set.classes.len()).collect();
-        Rng::for_item(spec.seed, ORDER_STREAM, 0).shuffle(&mut order);
+        Rng::for_item(spec.seed, crate::rng::streams::CLASS_ORDER, 0).shuffle(&mut order);
         order.truncate(spec.classes);
         Ok(ClassStream { set, spec, order })
     }

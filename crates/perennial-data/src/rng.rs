@@ -5,6 +5,52 @@
 //! streams may change between versions. It is SplitMix64 (Steele, Lea & Flood 2014):
 //! fast, 64-bit state, passes BigCrush, and trivially seekable by hashing the key.
 
+/// The registry of generator streams: every `stream` argument of [`Rng::for_item`] in
+/// the workspace is one of these, so no two uses of a seed draw the same numbers. The
+/// values are part of every result's reproducibility: never change one.
+pub mod streams {
+    /// Training episodes of meta-learning (`(seed, TRAIN_EPISODES, index)`).
+    pub const TRAIN_EPISODES: u64 = 0;
+    /// Validation episodes.
+    pub const VAL_EPISODES: u64 = 1;
+    /// Test episodes of `eval`.
+    pub const TEST_EPISODES: u64 = 2;
+    /// The class order of the Omniglot class stream.
+    pub const CLASS_ORDER: u64 = 0x0C1A_55E5;
+    /// The transforms (permutations, rotations) of MNIST streams.
+    pub const STREAM_TRANSFORMS: u64 = 0x5452_414e;
+    /// The training examples drawn for each task of an MNIST stream.
+    pub const STREAM_TRAIN: u64 = 0x5452_4149;
+    /// The test examples drawn for each task of an MNIST stream.
+    pub const STREAM_TEST: u64 = 0x5445_5354;
+    /// Joint training's i.i.d. order over a stream.
+    pub const JOINT_ORDER: u64 = 0x004A_4F49_4E54;
+    /// La-MAML's replay buffer.
+    pub const LAMAML_BUFFER: u64 = 0x004C_414D;
+    /// MER's replay buffer.
+    pub const MER_BUFFER: u64 = 0x004D_4552;
+    /// The lifelong learner's consolidation episodes.
+    pub const CONSOLIDATION: u64 = 0x0043_4F4E;
+    /// The random head initialisation of the MAML family's network.
+    pub const HEAD_INIT: u64 = u64::MAX;
+
+    /// Every stream, for the check that they are distinct.
+    pub const ALL: [u64; 12] = [
+        TRAIN_EPISODES,
+        VAL_EPISODES,
+        TEST_EPISODES,
+        CLASS_ORDER,
+        STREAM_TRANSFORMS,
+        STREAM_TRAIN,
+        STREAM_TEST,
+        JOINT_ORDER,
+        LAMAML_BUFFER,
+        MER_BUFFER,
+        CONSOLIDATION,
+        HEAD_INIT,
+    ];
+}
+
 /// SplitMix64 pseudo-random generator. It serialises as its 64-bit state, so a
 /// checkpoint that stores it resumes the exact same draws.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -93,6 +139,14 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generator_streams_are_distinct() {
+        let mut all = streams::ALL.to_vec();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), streams::ALL.len());
+    }
 
     #[test]
     fn same_key_same_stream() {

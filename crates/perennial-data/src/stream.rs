@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::mnist::Mnist;
+use crate::rng::streams;
 use crate::rng::Rng;
 
 /// Pixels per MNIST image.
@@ -260,11 +261,6 @@ pub struct Stream {
     test: Arc<Mnist>,
 }
 
-// Sub-streams of the seed, so that changing one draw never moves another.
-const TRANSFORM_STREAM: u64 = 0x5452_414e;
-const TRAIN_STREAM: u64 = 0x5452_4149;
-const TEST_STREAM: u64 = 0x5445_5354;
-
 impl Stream {
     /// Builds stream `name` in `scenario` from the MNIST `train` and `test` parts.
     /// Permuted- and Rotated-MNIST are domain-incremental only; Split-MNIST is task- or
@@ -349,13 +345,18 @@ impl Stream {
             let train_idx = pick(
                 &train,
                 spec.train_per_task,
-                TRAIN_STREAM,
+                streams::STREAM_TRAIN,
                 "--train-per-task",
             )?;
-            let mut test_idx = pick(&test, spec.test_per_task, TEST_STREAM, "--test-per-task")?;
+            let mut test_idx = pick(
+                &test,
+                spec.test_per_task,
+                streams::STREAM_TEST,
+                "--test-per-task",
+            )?;
             // The test set's order does not matter; keep it sorted for cache locality.
             test_idx.sort_unstable();
-            let mut rng = Rng::for_item(spec.seed, TRANSFORM_STREAM, t as u64);
+            let mut rng = Rng::for_item(spec.seed, streams::STREAM_TRANSFORMS, t as u64);
             let (tname, transform) = match name {
                 StreamName::PermutedMnist => {
                     let mut p: Vec<u16> = (0..PIXELS as u16).collect();

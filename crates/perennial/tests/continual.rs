@@ -4,6 +4,10 @@ use std::sync::Arc;
 
 use perennial::data::mnist::Mnist;
 use perennial::data::stream::{Scenario, Stream, StreamName, StreamSpec};
+use perennial::lifelong::class_stream::{
+    run_class_stream, ClassImages, ClassLearner, ClassRunRecord,
+};
+use perennial::lifelong::encoder::Identity;
 use perennial::lifelong::{
     run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, LaMaml, LaMamlConfig, Mer, MerConfig,
     Naive, Replay, RunRecord, RunSettings, Strategy,
@@ -308,6 +312,31 @@ fn a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one() {
     }
 }
 
+/// An encoding of inputs that are features already.
+fn identity() -> perennial::lifelong::Encoding {
+    perennial::lifelong::Encoding::new(Box::new(Identity), 0).unwrap()
+}
+
+/// The class stream over classes given as features `[n, d]`.
+fn run_features(
+    learner: &mut dyn ClassLearner,
+    train: &[tch::Tensor],
+    test: &[tch::Tensor],
+) -> ClassRunRecord {
+    let images = ClassImages {
+        train: train.iter().map(tch::Tensor::shallow_clone).collect(),
+        test: test.iter().map(tch::Tensor::shallow_clone).collect(),
+    };
+    run_class_stream(
+        learner,
+        &images,
+        ClassRunRecord::default(),
+        &mut |_, _| Ok(()),
+        &mut |_, _| {},
+    )
+    .unwrap()
+}
+
 /// The Omniglot class-incremental protocol on 60 evaluation characters, with an
 /// untrained Conv4 as the representation (random features are enough to tell the two
 /// learners apart): the prototype memory keeps every class it learnt, the online SGD
@@ -317,7 +346,8 @@ fn prototype_memory_keeps_old_classes_where_an_online_head_forgets() {
     use perennial::data::classinc::{ClassStream, ClassStreamSpec};
     use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
     use perennial::data::stream::Part;
-    use perennial::lifelong::classinc::{run_class_stream, OnlineHead, PrototypeMemory};
+    use perennial::lifelong::heads::OnlineHead;
+    use perennial::lifelong::{ConsolidationPolicy, LearnerConfig, LifelongLearner};
     use perennial::meta::metric::{ProtoNet, ProtoNetConfig};
     use tch::Tensor;
 
@@ -344,10 +374,14 @@ fn prototype_memory_keeps_old_classes_where_an_online_head_forgets() {
     let train: Vec<Tensor> = (0..60).map(|c| encode(c, Part::Train)).collect();
     let test: Vec<Tensor> = (0..60).map(|c| encode(c, Part::Test)).collect();
     let dim = train[0].size()[1] as usize;
-    let mut memory = PrototypeMemory::new(0.95).unwrap();
-    let p = run_class_stream(&mut memory, &train, &test, &mut |_, _| {}).unwrap();
-    let mut head = OnlineHead::new(dim, 60, 0.01).unwrap();
-    let h = run_class_stream(&mut head, &train, &test, &mut |_, _| {}).unwrap();
+    // The learners take the features computed above (an identity encoder).
+    let config = LearnerConfig::default()
+        .with_shift_radius(0)
+        .with_policy(ConsolidationPolicy::never());
+    let mut memory = LifelongLearner::new(Box::new(Identity), config).unwrap();
+    let p = run_features(&mut memory, &train, &test);
+    let mut head = OnlineHead::new(identity(), dim, 60, 0.01).unwrap();
+    let h = run_features(&mut head, &train, &test);
     let (pm, hm) = (p.matrix().unwrap().metrics(), h.matrix().unwrap().metrics());
     eprintln!(
         "prototypes {pm:?} at {:?}\nhead {hm:?} at {:?}",
@@ -386,7 +420,7 @@ fn oml_meta_training_makes_an_online_head_remember() {
     use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
     use perennial::data::stream::Part;
     use perennial::data::{EpisodeSampler, EpisodeSpec};
-    use perennial::lifelong::classinc::{run_class_stream, OnlineHead};
+    use perennial::lifelong::heads::OnlineHead;
     use perennial::lifelong::oml::{Oml, OmlConfig};
     use perennial::meta::MetaLearner;
     use perennial::tensors::Task;
@@ -425,8 +459,8 @@ fn oml_meta_training_makes_an_online_head_remember() {
             let train: Vec<Tensor> = (0..10).map(|c| encode(c, Part::Train)).collect();
             let test: Vec<Tensor> = (0..10).map(|c| encode(c, Part::Test)).collect();
             let dim = train[0].size()[1] as usize;
-            let mut head = OnlineHead::new(dim, 10, oml.config().inner_lr).unwrap();
-            let r = run_class_stream(&mut head, &train, &test, &mut |_, _| {}).unwrap();
+            let mut head = OnlineHead::new(identity(), dim, 10, oml.config().inner_lr).unwrap();
+            let r = run_features(&mut head, &train, &test);
             r.accuracy_at[r.accuracy_at.len() - 1]
         };
         streams.iter().map(one).sum::<f64>() / streams.len() as f64

@@ -1,9 +1,7 @@
 //! `perennial continual --stream omniglot-classes`: the class-incremental Omniglot
 //! protocol of OML and ANML on a meta-learned representation.
 
-use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use perennial::checkpoint::RunDir;
@@ -11,20 +9,16 @@ use perennial::data::classinc::{ClassStream, ClassStreamSpec};
 use perennial::data::omniglot::{Split, SplitScheme};
 use perennial::data::paths;
 use perennial::data::stream::Part;
-use perennial::data::Rng;
-use perennial::lifelong::classinc::{
-    restore_class_checkpoint, run_class_stream_refreshing, save_class_checkpoint, ClassLearner,
-    Features, LaMamlHead, OnlineHead, PrototypeMemory,
+use perennial::lifelong::class_stream::{
+    restore_class_checkpoint, run_class_stream, save_class_checkpoint, ClassImages, ClassLearner,
 };
-use perennial::lifelong::consolidate::{consolidate, ConsolidationConfig};
-use perennial::lifelong::oml::Oml;
-use perennial::lifelong::Checkpoints;
-use perennial::meta::metric::ProtoNet;
-use perennial::meta::MetaLearner;
-use perennial::nn::shift_averaged;
-use tch::{Device, Tensor};
-
+use perennial::lifelong::encoder::{at_most_a_quarter, open_run};
+use perennial::lifelong::heads::{LaMamlHead, OnlineHead};
+use perennial::lifelong::{
+    Checkpoints, ConsolidationConfig, ConsolidationPolicy, Encoding, LearnerConfig, LifelongLearner,
+};
 use perennial::plot::heat_map;
+use tch::Tensor;
 
 use super::continual::{curve_plot, write};
 use crate::cli::ContinualArgs;
@@ -65,12 +59,14 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     super::continual::check_resume(&checkpoints, out, a.resume)?;
     let run = RunDir::open(encoder_dir)?;
     let config = run.config()?;
+    let every = match (a.strategy.as_str(), config.oml.is_some()) {
+        ("perennial", false) => a.consolidate_every.unwrap_or(50),
+        _ => a.consolidate_every.unwrap_or(0),
+    };
+    if every > 0 && a.strategy != "perennial" {
+        bail!("--consolidate-every: only perennial meta-consolidates its encoder");
+    }
     let consolidation = ConsolidationConfig {
-        every: match (a.strategy.as_str(), config.oml.is_some()) {
-            ("perennial", false) => a.consolidate_every.unwrap_or(50),
-            ("perennial", true) => a.consolidate_every.unwrap_or(0),
-            _ => 0,
-        },
         episodes: a.consolidate_episodes,
         ways: a.consolidate_ways,
         shots: a.consolidate_shots,
@@ -78,41 +74,34 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         neighbours: a.consolidate_neighbours,
         jitter: a.consolidate_jitter,
     };
-    consolidation.validate(a.train_per_task.unwrap_or(15))?;
+    if every > 0 {
+        consolidation.validate(Some(a.train_per_task.unwrap_or(15)))?;
+        if config.protonet.is_none() {
+            bail!(
+                "--consolidate-every: meta-consolidation trains a ProtoNet encoder; \
+                 --encoder {} is {} run (use --consolidate-every 0)",
+                encoder_dir.display(),
+                if config.oml.is_some() {
+                    "an OML".to_string()
+                } else {
+                    format!("a {}", config.algorithm)
+                }
+            );
+        }
+    }
     if !(a.consolidate_lr > 0.0 && a.consolidate_lr.is_finite()) {
         bail!(
             "invalid --consolidate-lr = {}: must be positive",
             a.consolidate_lr
         );
     }
-    let encoder = match (&config.protonet, &config.oml) {
-        (Some(p), _) => {
-            // The optimiser is used by meta-consolidation only.
-            let mut p = p.clone();
-            p.optimizer.lr = a.consolidate_lr;
-            p.optimizer.step_every = 0;
-            let mut net = ProtoNet::new(p, config.seed, Device::Cpu)?;
-            net.load_model_state(&run.load_best()?)?;
-            Encoder::Proto(net)
-        }
-        (None, Some(o)) => {
-            if consolidation.every > 0 {
-                bail!(
-                    "--consolidate-every: meta-consolidation trains a ProtoNet encoder; \
-                     --encoder {} is an OML run (use --consolidate-every 0)",
-                    encoder_dir.display()
-                );
-            }
-            let mut net = Oml::new(o.clone(), config.seed, Device::Cpu)?;
-            net.load_model_state(&run.load_best()?)?;
-            Encoder::Oml(net)
-        }
-        (None, None) => bail!(
+    if config.protonet.is_none() && config.oml.is_none() {
+        bail!(
             "--encoder {}: a {} run; the encoder must be a ProtoNet or OML run",
             encoder_dir.display(),
             config.algorithm
-        ),
-    };
+        );
+    }
     let oml_lr = config.oml.as_ref().map(|o| a.oml_lr.unwrap_or(o.inner_lr));
     if a.strategy == "oml" && oml_lr.is_none() {
         bail!(
@@ -155,30 +144,55 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         .unwrap_or(usize::from(a.strategy == "perennial"));
     at_most_a_quarter("--shift-radius", shift, stream.side())?;
     at_most_a_quarter("--consolidate-jitter", a.consolidate_jitter, stream.side())?;
-    let shift = shift as i64;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
 
-    // The feature width, from one image; the stream is encoded once the encoder is
-    // final (restored from a checkpoint on --resume).
-    let side = stream.side() as i64;
-    let first = Tensor::from_slice(&stream.images(0, Part::Train)).view([-1, 1, side, side]);
-    let dim = encoder.embed_eval(&first.narrow(0, 0, 1)).size()[1] as usize;
+    let encoder = open_run(encoder_dir, a.consolidate_lr)?;
+    let images = class_images(&stream);
     let mut learner: Box<dyn ClassLearner> = match a.strategy.as_str() {
-        "perennial" => Box::new(PrototypeMemory::new(a.unknown_quantile)?),
-        "lamaml" => Box::new(LaMamlHead::new(
-            dim,
-            stream.len(),
-            super::continual::lamaml_config(&a),
-            a.seed,
+        "perennial" => Box::new(LifelongLearner::new(
+            encoder,
+            LearnerConfig {
+                shift_radius: shift,
+                unknown_quantile: a.unknown_quantile,
+                seed: a.seed,
+                consolidation,
+                consolidation_lr: a.consolidate_lr,
+                policy: ConsolidationPolicy {
+                    every_new_classes: every,
+                    ..ConsolidationPolicy::never()
+                },
+                ..LearnerConfig::default()
+            },
         )?),
-        "oml" => Box::new(OnlineHead::new(dim, stream.len(), oml_lr.unwrap_or(a.lr))?.named("oml")),
-        _ => Box::new(OnlineHead::new(dim, stream.len(), a.lr)?),
+        s => {
+            let encoding = Encoding::new(encoder, shift)?;
+            let dim = encoding.dim(&images.train[0].narrow(0, 0, 1));
+            let classes = stream.len();
+            match s {
+                "lamaml" => Box::new(LaMamlHead::new(
+                    encoding,
+                    dim,
+                    classes,
+                    super::continual::lamaml_config(&a),
+                    a.seed,
+                )?),
+                "oml" => Box::new(
+                    OnlineHead::new(encoding, dim, classes, oml_lr.unwrap_or(a.lr))?.named("oml"),
+                ),
+                _ => Box::new(OnlineHead::new(encoding, dim, classes, a.lr)?),
+            }
+        }
     };
     let oml_or_naive_lr = match a.strategy.as_str() {
         "naive" => Some(a.lr),
         "oml" => oml_lr,
         _ => None,
     };
+    let consolidation_json = (every > 0).then(|| {
+        let mut settings = serde_json::to_value(consolidation).expect("settings serialise");
+        settings["every"] = every.into();
+        serde_json::json!({ "settings": settings, "lr": a.consolidate_lr })
+    });
     // Everything that decides the run's numbers; a resume must match it.
     let run_config = serde_json::json!({
         "stream": "omniglot-classes",
@@ -189,87 +203,32 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         "shift_radius": shift,
         "unknown_quantile": (a.strategy == "perennial").then_some(a.unknown_quantile),
         "lamaml": (a.strategy == "lamaml").then(|| super::continual::lamaml_config(&a)),
-        "consolidation": (consolidation.every > 0).then(|| serde_json::json!({
-            "settings": consolidation, "lr": a.consolidate_lr,
-        })),
+        "consolidation": consolidation_json,
     });
-    let mut state = RunState {
-        encoder,
-        rng: Rng::for_item(a.seed, CONSOLIDATION_STREAM, 0),
-        consolidations: Vec::new(),
-    };
     let start = if a.resume {
         let r = restore_class_checkpoint(&checkpoints, &run_config, learner.as_mut())
             .with_context(|| format!("cannot resume {}", out.display()))?;
-        let extra: Extra = serde_json::from_value(r.extra)
-            .with_context(|| format!("cannot resume {}: corrupt checkpoint", out.display()))?;
-        state.rng = extra.rng;
-        state.consolidations = extra.consolidations;
-        if let Encoder::Proto(net) = &mut state.encoder {
-            if !r.tensors.is_empty() {
-                net.load_training_state(&r.tensors)?;
-            }
-        }
-        tracing::info!(classes = r.record.rows.len(), "resuming");
-        r.record
+        tracing::info!(classes = r.rows.len(), "resuming");
+        r
     } else {
         Default::default()
     };
-    let t0 = Instant::now();
-    let features = state.encoder.encode_all(&stream, shift, quiet);
-    let encode_s = t0.elapsed().as_secs_f64();
-    let state = RefCell::new(state);
     let stopped = std::cell::Cell::new(false);
     let pb = bar(stream.len() as u64, learner.name(), quiet);
     pb.set_position(start.rows.len() as u64);
+    pb.set_message("encoding the test images");
     let total = stream.len();
-    let record = run_class_stream_refreshing(
+    let record = run_class_stream(
         learner.as_mut(),
-        features,
+        &images,
         start,
-        &mut |known, learner| {
-            if !consolidation.due(known) {
-                return Ok(None);
-            }
-            let mut st = state.borrow_mut();
-            let RunState {
-                encoder,
-                rng,
-                consolidations,
-            } = &mut *st;
-            let Encoder::Proto(net) = encoder else {
-                return Ok(None);
-            };
-            pb.set_message(format!("consolidating after {known} classes"));
-            let r = consolidate(
-                net,
-                &consolidation,
-                known,
-                stream.side(),
-                learner.prototypes(),
-                &mut |c| stream.images(c, Part::Train),
-                rng,
-            )?;
-            consolidations.push(serde_json::json!({
-                "classes": known, "loss": r.loss, "accuracy": r.accuracy,
-            }));
-            Ok(Some(encoder.encode_all(&stream, shift, true)))
-        },
         &mut |record, learner| {
             let done = record.rows.len();
             let stop = a.stop_after == Some(done) && done < total;
             if (done % CHECKPOINT_EVERY != 0 || done == total) && !stop {
                 return Ok(());
             }
-            let st = state.borrow();
-            let tensors = match &st.encoder {
-                Encoder::Proto(net) if consolidation.every > 0 => net.training_state(),
-                _ => Vec::new(),
-            };
-            let extra = serde_json::json!({
-                "rng": st.rng, "consolidations": st.consolidations,
-            });
-            save_class_checkpoint(&checkpoints, &run_config, record, learner, tensors, extra)?;
+            save_class_checkpoint(&checkpoints, &run_config, record, learner)?;
             if stop {
                 stopped.set(true);
                 return Err(perennial::error::Error::config(
@@ -295,12 +254,12 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         return Ok(());
     }
     let record = record?;
-    let consolidations = state.into_inner().consolidations;
-    let wall_s = encode_s + record.wall_s;
+    let consolidations = learner.consolidations();
+    let (encode_s, wall_s) = (record.encode_s, record.wall_s);
     let matrix = record.matrix()?;
     let m = matrix.metrics();
     let seen = matrix.seen_accuracy();
-    let speed = perennial::lifelong::learner::mean_speed(&record.speed);
+    let speed = perennial::lifelong::strategy::mean_speed(&record.speed);
 
     let result = serde_json::json!({
         "stream": "omniglot-classes",
@@ -313,9 +272,10 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
         "encoder_algorithm": config.algorithm,
         "unknown_quantile": (a.strategy == "perennial").then_some(a.unknown_quantile),
         "lamaml": (a.strategy == "lamaml").then(|| super::continual::lamaml_config(&a)),
-        "consolidation": (consolidation.every > 0).then(|| serde_json::json!({
-            "settings": consolidation, "lr": a.consolidate_lr, "runs": consolidations,
-        })),
+        "consolidation": consolidation_json.map(|mut c| {
+            c["runs"] = serde_json::to_value(&consolidations).expect("records serialise");
+            c
+        }),
         "seed": a.seed,
         "acc": m.acc,
         "bwt": m.bwt,
@@ -419,18 +379,6 @@ pub fn continual_classes(a: ContinualArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// A translation of up to `pixels` (shift averaging, consolidation jitter) is at most a
-/// quarter of the image `side`.
-fn at_most_a_quarter(flag: &str, pixels: usize, side: usize) -> Result<()> {
-    if pixels > side / 4 {
-        bail!(
-            "invalid {flag} = {pixels}: at most {} (a quarter of the {side}-pixel side)",
-            side / 4
-        );
-    }
-    Ok(())
-}
-
 /// The matrix `r` (`t × t`, lower triangle) averaged over blocks of classes, at most
 /// `max_blocks` a side: block `(I, J)` is the mean of `r[i][j]` over `i` in `I`, `j` in
 /// `J` and `j ≤ i` (zero where no class of `J` is known yet). Returns the blocks' labels.
@@ -472,60 +420,20 @@ fn block_matrix(r: &[Vec<f64>], max_blocks: usize) -> (Vec<String>, Vec<Vec<f64>
 /// Classes between checkpoints.
 const CHECKPOINT_EVERY: usize = 10;
 
-/// What the run carries besides the learner: the encoder, consolidation's generator
-/// and its log.
-struct RunState {
-    encoder: Encoder,
-    rng: Rng,
-    consolidations: Vec<serde_json::Value>,
-}
-
-/// The JSON a checkpoint keeps of [`RunState`].
-#[derive(serde::Deserialize)]
-struct Extra {
-    rng: Rng,
-    consolidations: Vec<serde_json::Value>,
-}
-
-/// The generator stream of consolidation episodes.
-const CONSOLIDATION_STREAM: u64 = 0x0043_4F4E;
-
-/// The meta-learned representation under the learners.
-enum Encoder {
-    /// A ProtoNet's embedding (meta-consolidation can train it further).
-    Proto(ProtoNet),
-    /// An OML representation network.
-    Oml(Oml),
-}
-
-impl Encoder {
-    /// Features `[n, d]` of images `[n, 1, side, side]`, in evaluation mode.
-    fn embed_eval(&self, x: &Tensor) -> Tensor {
-        match self {
-            Encoder::Proto(n) => n.embed_eval(x),
-            Encoder::Oml(n) => n.embed_eval(x),
-        }
-    }
-
-    /// Every class's training and test images, encoded, each averaged over its
-    /// translations by up to `shift` pixels.
-    fn encode_all(&self, stream: &ClassStream, shift: i64, quiet: bool) -> Features {
-        let side = stream.side() as i64;
-        let encode = |c: usize, part: Part| -> Tensor {
-            let n = stream.examples(c, part) as i64;
-            let x = Tensor::from_slice(&stream.images(c, part)).view([n, 1, side, side]);
-            shift_averaged(|x| self.embed_eval(x), &x, shift)
-        };
-        let pb = bar(stream.len() as u64, "encode", quiet);
-        let mut train = Vec::with_capacity(stream.len());
-        let mut test = Vec::with_capacity(stream.len());
-        for c in 0..stream.len() {
-            train.push(encode(c, Part::Train));
-            test.push(encode(c, Part::Test));
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        Features { train, test }
+/// The stream's images as tensors, `[n, 1, side, side]` per class and part.
+fn class_images(stream: &ClassStream) -> ClassImages {
+    let side = stream.side() as i64;
+    let part = |part: Part| -> Vec<Tensor> {
+        (0..stream.len())
+            .map(|c| {
+                let n = stream.examples(c, part) as i64;
+                Tensor::from_slice(&stream.images(c, part)).view([n, 1, side, side])
+            })
+            .collect()
+    };
+    ClassImages {
+        train: part(Part::Train),
+        test: part(Part::Test),
     }
 }
 

@@ -15,9 +15,6 @@ use serde_json::json;
 use crate::cli::{EvalArgs, EvalEpisodesArgs};
 use crate::progress::bar;
 
-/// The stream of evaluation episodes (distinct from training and validation).
-const TEST_STREAM: u64 = 2;
-
 fn load_learner(
     run: &RunDir,
     device: tch::Device,
@@ -52,7 +49,8 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<()> {
         .unwrap_or_else(|| config.data.data_dir.clone());
     let set = super::omniglot_split(&data, config.data.splits, split)?;
     let spec = EpisodeSpec::new(a.ways, a.shots, a.queries);
-    let sampler = EpisodeSampler::new(set, spec, a.seed)?.with_stream(TEST_STREAM);
+    let sampler = EpisodeSampler::new(set, spec, a.seed)?
+        .with_stream(perennial::data::rng::streams::TEST_EPISODES);
     if a.episodes == 0 {
         bail!("--episodes 0: evaluate at least one episode");
     }
@@ -118,8 +116,8 @@ fn eval_sinusoid(
     let mut rows = Vec::new();
     let pb = bar(2 * STEPS.len() as u64 * a.episodes, "eval", quiet || a.json);
     for shots in [5usize, 10] {
-        let sampler =
-            SinusoidSampler::new(SinusoidSpec::new(shots, 100), a.seed)?.with_stream(TEST_STREAM);
+        let sampler = SinusoidSampler::new(SinusoidSpec::new(shots, 100), a.seed)?
+            .with_stream(perennial::data::rng::streams::TEST_EPISODES);
         let mut curves = Vec::new();
         for steps in STEPS {
             let learner = learner_with(steps)?;

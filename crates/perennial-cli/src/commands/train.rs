@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use perennial::checkpoint::{DataConfig, RunConfig, RunDir, ScheduleConfig};
 use perennial::data::omniglot::{Split, SplitScheme};
+use perennial::data::rng::streams;
 use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
 use perennial::data::{paths, EpisodeSampler, EpisodeSpec};
 use perennial::eval::Summary;
@@ -18,11 +19,6 @@ use perennial::train::{build_learner, train, Observer, TaskSource};
 
 use crate::cli::{MamlArgs, OmlArgs, ProtonetArgs, ReptileArgs, TrainArgs};
 use crate::progress::bar;
-
-/// Streams of the sampler: training and validation never share episodes.
-pub const TRAIN_STREAM: u64 = 0;
-/// The validation stream.
-pub const VAL_STREAM: u64 = 1;
 
 fn is_sinusoid(a: &TrainArgs) -> bool {
     a.dataset == "sinusoid"
@@ -312,7 +308,9 @@ fn run(a: &TrainArgs, config: Option<RunConfig>, quiet: bool) -> Result<()> {
         .sinusoid
     {
         Some(spec) => (
-            Box::new(SinusoidSampler::new(*spec, config.seed)?.with_stream(TRAIN_STREAM)),
+            Box::new(
+                SinusoidSampler::new(*spec, config.seed)?.with_stream(streams::TRAIN_EPISODES),
+            ),
             None,
         ),
         None => {
@@ -325,11 +323,11 @@ fn run(a: &TrainArgs, config: Option<RunConfig>, quiet: bool) -> Result<()> {
             let sets = super::omniglot_splits(&config.data.data_dir, config.data.splits, &splits)?;
             let train_sampler =
                 EpisodeSampler::new(sets[0].clone(), config.train_episode, config.seed)?
-                    .with_stream(TRAIN_STREAM);
+                    .with_stream(streams::TRAIN_EPISODES);
             let val_sampler = match sets.get(1) {
                 Some(v) => Some(
                     EpisodeSampler::new(v.clone(), config.val_episode, config.seed)?
-                        .with_stream(VAL_STREAM),
+                        .with_stream(streams::VAL_EPISODES),
                 ),
                 None => None,
             };

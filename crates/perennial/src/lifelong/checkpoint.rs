@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::learner::{Classifier, RunRecord, Strategy, StrategyState};
+use super::strategy::{Classifier, RunRecord, Strategy, StrategyState};
 use crate::error::{Error, Result};
 use crate::nn::params::{load_named, save_named};
 

@@ -1,12 +1,12 @@
 //! Meta-consolidation: Perennial's learner keeps improving its representation on the
 //! classes it has met.
 //!
-//! Every `every` classes, the ProtoNet encoder under the prototype memory is
-//! meta-trained further on episodes replayed from the training images of the classes
-//! learnt so far (the learner keeps them: 15 images of 28×28 per class, 7 MB at 600
-//! classes), with the same objective it was meta-trained with on the background
-//! classes. The stream's images are then encoded again and the memory rebuilds its
-//! prototypes from the new features ([`super::classinc::run_class_stream_refreshing`]).
+//! When its policy says so ([`super::policy`]), the lifelong learner's encoder (a
+//! ProtoNet's embedding) is meta-trained further on episodes replayed from the
+//! examples of the classes learnt so far (the learner keeps them: 15 images of 28×28
+//! per class, 28 MB at 600 classes), with the same objective it was meta-trained with
+//! on the background classes. The learner then encodes its examples again and rebuilds
+//! its prototypes from the new features ([`super::LifelongLearner::consolidate`]).
 //! An episode's classes can be drawn in groups of near neighbours
 //! ([`ConsolidationConfig::neighbours`]), so that the encoder trains on the classes its
 //! memory confuses rather than on random ones it already tells apart.
@@ -16,15 +16,12 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::Rng;
 use crate::error::{Error, Result};
-use crate::meta::metric::ProtoNet;
 use crate::meta::{MetaLearner, StepReport};
 use crate::tensors::{Batch, Task};
 
 /// The settings of meta-consolidation.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConsolidationConfig {
-    /// Consolidate after every this many classes (0: never).
-    pub every: usize,
     /// Episodes per consolidation.
     pub episodes: usize,
     /// Classes per episode (at most the classes known).
@@ -69,12 +66,30 @@ fn push_translated(out: &mut Vec<f32>, img: &[f32], side: usize, dy: i64, dx: i6
     }));
 }
 
-impl ConsolidationConfig {
-    /// Checks the values against the `per_class` training images each class has.
-    pub fn validate(&self, per_class: usize) -> Result<()> {
-        if self.every == 0 {
-            return Ok(());
+impl Default for ConsolidationConfig {
+    /// 120 episodes of 20 ways, 5 shots and 10 queries, built from groups of 5 near
+    /// neighbours, with 1-pixel jitter: the settings of the Omniglot class stream.
+    fn default() -> Self {
+        ConsolidationConfig {
+            episodes: 120,
+            ways: 20,
+            shots: 5,
+            queries: 10,
+            neighbours: 5,
+            jitter: 1,
         }
+    }
+}
+
+impl ConsolidationConfig {
+    /// The examples a class needs to enter a consolidation episode.
+    pub fn examples_per_class(&self) -> usize {
+        self.shots + self.queries
+    }
+
+    /// Checks the values against the `per_class` examples each class has (`None`:
+    /// not known in advance).
+    pub fn validate(&self, per_class: Option<usize>) -> Result<()> {
         if self.episodes == 0 {
             return Err(Error::config(
                 "--consolidate-episodes",
@@ -96,23 +111,18 @@ impl ConsolidationConfig {
                 "must be at least 1 (1: classes drawn at random)",
             ));
         }
-        if self.shots == 0 || self.queries == 0 || self.shots + self.queries > per_class {
+        let too_many = per_class.is_some_and(|n| self.shots + self.queries > n);
+        if self.shots == 0 || self.queries == 0 || too_many {
+            let most = per_class.map_or(String::new(), |n| {
+                format!(", and at most {n} images per class together")
+            });
             return Err(Error::config(
                 "--consolidate-shots/--consolidate-queries",
                 format!("{}+{}", self.shots, self.queries),
-                format!(
-                    "need at least one each, and at most {per_class} images per class together"
-                ),
+                format!("need at least one each{most}"),
             ));
         }
         Ok(())
-    }
-
-    /// Whether to consolidate once `known` classes are learnt. The stream's last
-    /// class is no exception: the learner's accuracy after it is measured after the
-    /// consolidation, as at every other point.
-    pub fn due(&self, known: usize) -> bool {
-        self.every > 0 && known % self.every == 0
     }
 }
 
@@ -177,13 +187,13 @@ fn episode_classes(
     chosen
 }
 
-/// One consolidation: `config.episodes` meta-updates of `net` on episodes drawn from
-/// the classes `0..known`, whose training images `images(c)` returns (`side`×`side`
+/// One consolidation: `config.episodes` meta-updates of `net` (an episodic
+/// meta-learner: a ProtoNet) on episodes drawn from the classes `0..known`, whose training images `images(c)` returns (`side`×`side`
 /// pixels each, concatenated). `means` (`[known, d]`, the classes' prototypes in
 /// the current embedding) is needed when `config.neighbours > 1`. Returns the mean of
 /// the updates' reports.
 pub fn consolidate(
-    net: &mut ProtoNet,
+    net: &mut dyn MetaLearner,
     config: &ConsolidationConfig,
     known: usize,
     side: usize,
@@ -272,11 +282,10 @@ pub fn consolidate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::metric::ProtoNetConfig;
+    use crate::meta::metric::{ProtoNet, ProtoNetConfig};
 
     fn config() -> ConsolidationConfig {
         ConsolidationConfig {
-            every: 2,
             episodes: 3,
             ways: 5,
             shots: 1,
@@ -287,33 +296,24 @@ mod tests {
     }
 
     #[test]
-    fn settings_are_checked_and_consolidation_is_due_every_k_classes() {
+    fn settings_are_checked() {
         let c = config();
-        assert!(c.validate(3).is_ok());
-        assert!(c.validate(2).is_err(), "1 + 2 images need 3 per class");
-        assert!(ConsolidationConfig { ways: 1, ..c }.validate(15).is_err());
-        assert!(ConsolidationConfig { neighbours: 0, ..c }
-            .validate(15)
-            .is_err());
+        assert!(c.validate(Some(3)).is_ok());
+        assert!(c.validate(None).is_ok());
         assert!(
-            ConsolidationConfig { neighbours: 9, ..c }
-                .validate(15)
-                .is_ok(),
+            c.validate(Some(2)).is_err(),
+            "1 + 2 images need 3 per class"
+        );
+        assert_eq!(c.examples_per_class(), 3);
+        let bad = |c: ConsolidationConfig| c.validate(Some(15)).is_err();
+        assert!(bad(ConsolidationConfig { ways: 1, ..c }));
+        assert!(bad(ConsolidationConfig { neighbours: 0, ..c }));
+        assert!(bad(ConsolidationConfig { episodes: 0, ..c }));
+        assert!(
+            !bad(ConsolidationConfig { neighbours: 9, ..c }),
             "a group larger than an episode fills the episode"
         );
-        assert!(ConsolidationConfig { episodes: 0, ..c }
-            .validate(15)
-            .is_err());
-        assert!(ConsolidationConfig {
-            every: 0,
-            ways: 0,
-            ..c
-        }
-        .validate(0)
-        .is_ok());
-        let due: Vec<usize> = (1..=6).filter(|&k| c.due(k)).collect();
-        assert_eq!(due, [2, 4, 6]);
-        assert!(!ConsolidationConfig { every: 0, ..c }.due(2));
+        assert!(ConsolidationConfig::default().validate(Some(15)).is_ok());
     }
 
     /// Episodes are drawn from the known classes only, and each update moves the

@@ -22,7 +22,7 @@ use std::ops::Range;
 
 use tch::{Kind, Tensor};
 
-use super::learner::{task_loss, Classifier, Groups, Strategy, StrategyState};
+use super::strategy::{task_loss, Classifier, Groups, Strategy, StrategyState};
 use crate::data::stream::Stream;
 use crate::data::Rng;
 use crate::error::{Error, Result};
@@ -225,9 +225,6 @@ pub struct LaMaml {
     rng: Rng,
 }
 
-/// The generator stream of La-MAML's shuffles.
-const LAMAML_STREAM: u64 = 0x004C_414D;
-
 impl LaMaml {
     /// La-MAML with `config`, its draws seeded by `seed`.
     pub fn new(config: LaMamlConfig, seed: u64) -> Result<Self> {
@@ -237,7 +234,7 @@ impl LaMaml {
             look: None,
             pending: None,
             buffer: super::Reservoir::new(config.capacity, seed),
-            rng: Rng::for_item(seed, LAMAML_STREAM, 0),
+            rng: Rng::for_item(seed, crate::data::rng::streams::LAMAML_BUFFER, 0),
         })
     }
 

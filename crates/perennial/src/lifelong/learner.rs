@@ -1,608 +1,1210 @@
-//! The network a continual strategy trains, the strategy interface, and the loop that
-//! runs a strategy over a stream and fills the accuracy matrix.
+//! [`LifelongLearner`]: Perennial's learner as a library type.
 //!
-//! The loop follows GEM's protocol: tasks arrive in order, each task's training
-//! examples are seen once, in mini-batches, and after each task the model is tested on
-//! every task of the stream (seen or not), which gives row `i` of the accuracy matrix.
-//! The untrained model's accuracies are the baseline for forward transfer.
+//! A meta-learned encoder, one prototype per class under the encoder's distance, an
+//! *unknown* flag, and meta-consolidation of the encoder on the classes it has met,
+//! scheduled by a policy the learner owns. It learns a new or a known class from one
+//! or many examples at any time, predicts at once, and saves and loads atomically.
+//!
+//! ```no_run
+//! use perennial::lifelong::{LearnerConfig, LifelongLearner};
+//!
+//! # fn main() -> perennial::Result<()> {
+//! let mut learner = LifelongLearner::from_run("runs/encoder".as_ref(), LearnerConfig::default())?;
+//! let alpha = learner.read_images(&["alpha-1.png".as_ref(), "alpha-2.png".as_ref()])?;
+//! learner.learn("alpha", &alpha)?;
+//! let beta = learner.read_images(&["beta-1.png".as_ref()])?;
+//! learner.learn("beta", &beta)?;
+//! for p in learner.predict(&learner.read_images(&["query.png".as_ref()])?)? {
+//!     println!("{} {:.2} unknown: {}", p.label, p.probability, p.unknown);
+//! }
+//! learner.maybe_consolidate()?;
+//! learner.save("my-learner".as_ref())?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Consolidation can also run away from the learner (the service does it on a worker
+//! thread): [`LifelongLearner::consolidation_job`] takes a copy of what it needs,
+//! [`ConsolidationJob::run`] trains the copy, and [`LifelongLearner::install`] swaps
+//! the result in as the next representation version, relearning every class's
+//! prototype, those taught in the meantime included.
 
-use std::ops::Range;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-use super::metrics::AccuracyMatrix;
-use crate::data::stream::{Part, Stream};
+use super::consolidate::{consolidate, ConsolidationConfig};
+use super::encoder::{self, Encoder, EncoderSpec, Encoding};
+use super::policy::{ConsolidationPolicy, Due, PolicyState};
+use super::prototypes::{indexed, PrototypeMemory};
+use crate::data::rng::streams;
+use crate::data::Rng;
 use crate::error::{Error, Result};
-use crate::nn::{Backbone, Mlp, ParamSet};
+use crate::nn::params::{load_named, save_named};
+use crate::nn::Distance;
 
-/// An MLP classifier trained with plain SGD; GEM's network for MNIST streams is
-/// `Classifier::new(&[784, 100, 100, 10], ..)`.
-#[derive(Debug)]
-pub struct Classifier {
-    /// The network's shape.
-    pub net: Mlp,
-    /// Its parameters (leaf tensors that require gradients).
-    pub params: ParamSet,
-    /// The SGD learning rate.
-    pub lr: f64,
+/// The settings of a [`LifelongLearner`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LearnerConfig {
+    /// Features are averaged over translations of up to this many pixels (0: none).
+    pub shift_radius: usize,
+    /// The unknown threshold is this quantile of out-of-sample distances, in `(0, 1]`.
+    pub unknown_quantile: f64,
+    /// Classes listed in each prediction's `top`.
+    pub top: usize,
+    /// The seed of consolidation's episodes.
+    pub seed: u64,
+    /// The episodes of a consolidation.
+    pub consolidation: ConsolidationConfig,
+    /// Adam's learning rate in consolidation.
+    pub consolidation_lr: f64,
+    /// When to consolidate.
+    pub policy: ConsolidationPolicy,
 }
 
-impl Classifier {
-    /// A fresh classifier with layer widths `sizes` (input first), initialised from
-    /// `seed`.
-    pub fn new(sizes: &[usize], lr: f64, seed: u64) -> Result<Self> {
-        if sizes.len() < 2 || sizes.contains(&0) {
+impl Default for LearnerConfig {
+    /// The settings of Perennial's Omniglot results: 1-pixel shift averaging, the 0.95
+    /// quantile, consolidation every 50 new classes with 120 episodes at lr 1e-4.
+    fn default() -> Self {
+        LearnerConfig {
+            shift_radius: 1,
+            unknown_quantile: 0.95,
+            top: 5,
+            seed: 0,
+            consolidation: ConsolidationConfig::default(),
+            consolidation_lr: 1e-4,
+            policy: ConsolidationPolicy::default(),
+        }
+    }
+}
+
+impl LearnerConfig {
+    /// The same settings with another consolidation policy.
+    pub fn with_policy(mut self, policy: ConsolidationPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The same settings with another seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The same settings with another shift radius.
+    pub fn with_shift_radius(mut self, radius: usize) -> Self {
+        self.shift_radius = radius;
+        self
+    }
+
+    /// Checks the values once, before use.
+    pub fn validate(&self) -> Result<()> {
+        if self.top == 0 {
+            return Err(Error::config("top", 0, "must be at least 1"));
+        }
+        if !(self.consolidation_lr > 0.0 && self.consolidation_lr.is_finite()) {
             return Err(Error::config(
-                "network",
-                format!("{sizes:?}"),
-                "needs at least an input and an output width, none zero",
+                "--consolidate-lr",
+                self.consolidation_lr,
+                "must be positive",
             ));
         }
-        if !(lr > 0.0 && lr.is_finite()) {
-            return Err(Error::config("lr", lr, "must be positive"));
+        self.policy.validate()?;
+        if self.policy.is_on() {
+            self.consolidation.validate(None)?;
         }
-        let net = Mlp {
-            sizes: sizes.to_vec(),
-            relu_last: false,
-        };
-        let (params, _) = net.init(seed, Device::Cpu);
-        Ok(Classifier { net, params, lr })
+        Ok(())
     }
+}
 
-    /// The logits of `x` (`[n, 784]`); classes outside `mask` (when given) get −∞, so
-    /// the model chooses among the task's classes only.
-    pub fn logits(&self, x: &Tensor, mask: Option<&[u8]>) -> Tensor {
-        self.logits_with(&self.params, x, mask)
-    }
+/// One class among a prediction's best.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Ranked {
+    /// The class.
+    pub label: String,
+    /// Its probability (softmax of the distance's logits).
+    pub probability: f64,
+}
 
-    /// [`Classifier::logits`] under other parameters of the same shapes (fast weights).
-    pub fn logits_with(&self, params: &ParamSet, x: &Tensor, mask: Option<&[u8]>) -> Tensor {
-        let z = self.net.forward(params, None, x, true);
-        match mask {
-            None => z,
-            Some(classes) => {
-                let outputs = z.size()[1];
-                let mut keep = vec![f32::NEG_INFINITY; outputs as usize];
-                for &c in classes {
-                    keep[c as usize] = 0.0;
-                }
-                z + Tensor::from_slice(&keep)
-            }
+/// The learner's answer for one input.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Prediction {
+    /// The nearest class.
+    pub label: String,
+    /// Its probability.
+    pub probability: f64,
+    /// The best classes, most probable first (at most [`LearnerConfig::top`]).
+    pub top: Vec<Ranked>,
+    /// Whether the input lies farther from every class than the learner has seen its
+    /// own classes' new examples lie: probably something it has not been taught.
+    pub unknown: bool,
+    /// The nearest corrected distance over the unknown threshold (above 1: unknown;
+    /// 0 while the threshold is not calibrated).
+    pub unknown_score: f64,
+}
+
+/// A class the learner knows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClassInfo {
+    /// Its label.
+    pub label: String,
+    /// The examples it was taught.
+    pub examples: usize,
+}
+
+/// What [`LifelongLearner::learn`] did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Learnt {
+    /// The class.
+    pub label: String,
+    /// Whether it was new.
+    pub new_class: bool,
+    /// Examples added.
+    pub added: usize,
+    /// Examples of the class now.
+    pub examples: usize,
+}
+
+/// One consolidation, as the learner's log keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConsolidationRecord {
+    /// The representation version it produced.
+    pub version: u64,
+    /// The classes known when it started.
+    pub classes: usize,
+    /// Why it ran.
+    pub reason: Due,
+    /// The mean query loss of its episodes.
+    pub loss: f64,
+    /// The mean query accuracy of its episodes.
+    pub accuracy: Option<f64>,
+    /// Seconds it trained.
+    pub seconds: f64,
+}
+
+/// The format of a saved learner this version writes and reads.
+pub const FORMAT: u64 = 1;
+
+/// What a saved learner's `learner.json` holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    format: u64,
+    perennial: String,
+    encoder: EncoderSpec,
+    config: LearnerConfig,
+    labels: Vec<String>,
+    memory: serde_json::Value,
+    rng: Rng,
+    policy: PolicyState,
+    consolidations: Vec<ConsolidationRecord>,
+    version: u64,
+}
+
+/// Perennial's lifelong learner: see the [module documentation](self).
+#[derive(Debug)]
+pub struct LifelongLearner {
+    config: LearnerConfig,
+    encoding: Encoding,
+    trainable: bool,
+    labels: Vec<String>,
+    index: HashMap<String, usize>,
+    memory: PrototypeMemory,
+    /// Every class's examples as taught, `[n_c, ...]`.
+    examples: Vec<Tensor>,
+    rng: Rng,
+    policy: PolicyState,
+    log: Vec<ConsolidationRecord>,
+    version: u64,
+}
+
+impl LifelongLearner {
+    /// A learner that knows no class yet, on `encoder`. A consolidation policy that
+    /// can fire needs an encoder that trains further (a ProtoNet's).
+    pub fn new(mut encoder: Box<dyn Encoder>, config: LearnerConfig) -> Result<Self> {
+        config.validate()?;
+        let trainable = encoder.trainable().is_some();
+        if config.policy.is_on() && !trainable {
+            return Err(Error::config(
+                "consolidation policy",
+                encoder.algorithm().to_string(),
+                "meta-consolidation trains the encoder, and this one stays frozen (only a \
+                 ProtoNet's embedding trains further); use a policy that never \
+                 consolidates (--consolidate-every 0)",
+            ));
         }
-    }
-
-    /// Mean cross-entropy of a batch.
-    pub fn loss(&self, x: &Tensor, y: &Tensor, mask: Option<&[u8]>) -> Tensor {
-        self.loss_sum(x, y, mask) / y.size()[0] as f64
-    }
-
-    /// Summed cross-entropy of a batch.
-    pub fn loss_sum(&self, x: &Tensor, y: &Tensor, mask: Option<&[u8]>) -> Tensor {
-        self.loss_sum_with(&self.params, x, y, mask)
-    }
-
-    /// [`Classifier::loss_sum`] under other parameters of the same shapes.
-    pub fn loss_sum_with(
-        &self,
-        params: &ParamSet,
-        x: &Tensor,
-        y: &Tensor,
-        mask: Option<&[u8]>,
-    ) -> Tensor {
-        self.logits_with(params, x, mask)
-            .cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Sum, -100, 0.0)
-    }
-
-    /// One SGD step on `loss`: `θ ← θ − lr ∇θ loss`. Returns the loss value.
-    pub fn sgd_step(&mut self, loss: &Tensor) -> f64 {
-        let value = loss.double_value(&[]);
-        let grads = self.gradients(loss);
-        self.apply(&grads);
-        value
-    }
-
-    /// `∇θ loss`, one tensor per parameter, without touching `.grad`.
-    pub fn gradients(&self, loss: &Tensor) -> Vec<Tensor> {
-        Tensor::run_backward(&[loss], &self.params.tensors(), false, false)
-    }
-
-    /// `θ ← θ − lr g`.
-    pub fn apply(&mut self, grads: &[Tensor]) {
-        tch::no_grad(|| {
-            for (p, g) in self.params.tensors().iter().zip(grads) {
-                let mut p = (*p).shallow_clone();
-                let _ = p.g_sub_(&(g * self.lr));
-            }
-        });
-    }
-
-    /// Accuracy on a batch.
-    pub fn accuracy(&self, x: &Tensor, y: &Tensor, mask: Option<&[u8]>) -> f64 {
-        tch::no_grad(|| {
-            self.logits(x, mask)
-                .argmax(-1, false)
-                .eq_tensor(y)
-                .to_kind(Kind::Double)
-                .mean(Kind::Double)
-                .double_value(&[])
+        let memory = PrototypeMemory::new(encoder.distance(), config.unknown_quantile)?;
+        let encoding = Encoding::new(encoder, config.shift_radius)?;
+        Ok(LifelongLearner {
+            rng: Rng::for_item(config.seed, streams::CONSOLIDATION, 0),
+            config,
+            encoding,
+            trainable,
+            labels: Vec::new(),
+            index: HashMap::new(),
+            memory,
+            examples: Vec::new(),
+            policy: PolicyState::default(),
+            log: Vec::new(),
+            version: 0,
         })
     }
-}
 
-/// A batch as tensors: `x` `[n, 784]` f32 and `y` `[n]` i64.
-pub fn tensors(x: &[f32], y: &[i64]) -> (Tensor, Tensor) {
-    let n = y.len() as i64;
-    (Tensor::from_slice(x).view([n, -1]), Tensor::from_slice(y))
-}
-
-/// The mean cross-entropy of the training examples `range` of task `task`, under
-/// that task's mask.
-pub fn task_loss(model: &Classifier, stream: &Stream, task: usize, range: Range<usize>) -> Tensor {
-    let (x, y) = stream.batch(task, Part::Train, range);
-    let (x, y) = tensors(&x, &y);
-    model.loss(&x, &y, stream.mask(task))
-}
-
-/// The mean cross-entropy of stored training examples `(task, position)`, each under
-/// its own task's mask (one forward pass per task); `None` for no example.
-pub fn memory_loss(
-    model: &Classifier,
-    stream: &Stream,
-    items: &[(usize, usize)],
-) -> Option<Tensor> {
-    (!items.is_empty()).then(|| Groups::new(stream, items).mean_loss(model, &model.params))
-}
-
-/// Training examples `(task, position)` gathered once as per-task groups of tensors
-/// (with each task's mask), for losses under any parameters (fast weights).
-pub struct Groups(Vec<(Tensor, Tensor, Option<Vec<u8>>)>, usize);
-
-impl Groups {
-    /// The examples `items`, grouped by task.
-    pub fn new(stream: &Stream, items: &[(usize, usize)]) -> Self {
-        let mut items = items.to_vec();
-        items.sort_unstable();
-        let groups = items
-            .chunk_by(|a, b| a.0 == b.0)
-            .map(|group| {
-                let t = group[0].0;
-                let idx: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
-                let (x, y) = stream.gather(t, Part::Train, &idx);
-                let (x, y) = tensors(&x, &y);
-                (x, y, stream.mask(t).map(<[u8]>::to_vec))
-            })
-            .collect();
-        Groups(groups, items.len())
+    /// A learner on the embedding of the trained run in `dir` (a ProtoNet or OML run).
+    pub fn from_run(dir: &Path, config: LearnerConfig) -> Result<Self> {
+        let encoder = encoder::open_run(dir, config.consolidation_lr)?;
+        Self::new(encoder, config)
     }
 
-    /// The mean cross-entropy of the examples under `params` (at least one example).
-    pub fn mean_loss(&self, model: &Classifier, params: &ParamSet) -> Tensor {
-        let sums: Vec<Tensor> = self
-            .0
+    /// The settings.
+    pub fn config(&self) -> &LearnerConfig {
+        &self.config
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &dyn Encoder {
+        self.encoding.encoder()
+    }
+
+    /// The distance prototypes are compared under: the encoder's.
+    pub fn distance(&self) -> Distance {
+        self.memory.distance()
+    }
+
+    /// The side of the square images the learner takes (`None`: an encoder of
+    /// features, which takes any `[n, ...]`).
+    pub fn image_side(&self) -> Option<usize> {
+        self.encoder().image_side()
+    }
+
+    /// The number of classes known.
+    pub fn known(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// The classes known, in the order they were first taught.
+    pub fn classes(&self) -> Vec<ClassInfo> {
+        self.labels
             .iter()
-            .map(|(x, y, mask)| model.loss_sum_with(params, x, y, mask.as_deref()))
-            .collect();
-        Tensor::stack(&sums, 0).sum(Kind::Float) / self.1 as f64
-    }
-}
-
-/// A continual-learning strategy: how a model learns from a batch of the current task,
-/// and what it does between tasks. The hooks have no-op defaults.
-pub trait Strategy {
-    /// The strategy's name as the CLI spells it.
-    fn name(&self) -> &'static str;
-
-    /// Called before the first batch of task `task`.
-    fn before_task(
-        &mut self,
-        _model: &mut Classifier,
-        _stream: &Stream,
-        _task: usize,
-    ) -> Result<()> {
-        Ok(())
+            .zip(self.memory.counts())
+            .map(|(l, &n)| ClassInfo {
+                label: l.clone(),
+                examples: n,
+            })
+            .collect()
     }
 
-    /// Learns from one batch (`x`, `y`, the examples `range` of task `task`'s training
-    /// part). Returns the training loss.
-    fn observe(
-        &mut self,
-        model: &mut Classifier,
-        stream: &Stream,
-        task: usize,
-        range: Range<usize>,
-    ) -> Result<f64>;
-
-    /// Called after the last batch of task `task`, before the model is tested.
-    fn after_task(
-        &mut self,
-        _model: &mut Classifier,
-        _stream: &Stream,
-        _task: usize,
-    ) -> Result<()> {
-        Ok(())
+    /// The representation's version: 0 for the encoder as loaded, one more after each
+    /// consolidation. Features computed under one version are stale under the next.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
-    /// What the strategy carries from one task to the next (buffers, penalties,
-    /// generator states), for a checkpoint between tasks. Stateless strategies keep
-    /// the default, an empty state.
-    fn state(&self) -> StrategyState {
-        StrategyState::default()
+    /// The consolidations so far.
+    pub fn consolidations(&self) -> &[ConsolidationRecord] {
+        &self.log
     }
 
-    /// Restores a state [`Strategy::state`] returned, so that the rest of the stream
-    /// runs exactly as it would have without the interruption.
-    fn restore(&mut self, _state: StrategyState) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// A strategy's state between tasks: named tensors and everything else as JSON.
-#[derive(Debug, Default)]
-pub struct StrategyState {
-    /// Named tensors (EWC's anchors and Fisher diagonals).
-    pub tensors: Vec<(String, Tensor)>,
-    /// Everything else: buffers, counters, generator states.
-    pub meta: serde_json::Value,
-}
-
-impl StrategyState {
-    /// A state with JSON only.
-    pub fn meta(meta: serde_json::Value) -> Self {
-        StrategyState {
-            tensors: Vec::new(),
-            meta,
-        }
+    /// The prototype memory.
+    pub fn memory(&self) -> &PrototypeMemory {
+        &self.memory
     }
 
-    /// Deserialises field `key` of the JSON part, with an error naming it.
-    pub fn field<T: serde::de::DeserializeOwned>(&self, strategy: &str, key: &str) -> Result<T> {
-        let v = self.meta.get(key).cloned().ok_or_else(|| {
+    /// Reads image files (PNG, JPEG, ...; any size, converted as Omniglot's are: grey
+    /// levels to ink, resized to the learner's side) into a batch `[n, 1, side, side]`.
+    pub fn read_images(&self, paths: &[&Path]) -> Result<Tensor> {
+        let side = self.image_side().ok_or_else(|| {
             Error::config(
-                "strategy state",
-                format!("{strategy}.{key}"),
-                "missing from the checkpoint",
+                "encoder",
+                self.encoder().algorithm(),
+                "does not take images",
             )
         })?;
-        serde_json::from_value(v).map_err(|e| {
+        let mut pixels = Vec::with_capacity(paths.len() * side * side);
+        for p in paths {
+            pixels.extend(crate::data::folder::load_image(p, side)?);
+        }
+        self.images(&pixels)
+    }
+
+    /// A batch `[n, 1, side, side]` of images given as their pixels, image after image
+    /// (ink 1, paper 0).
+    pub fn images(&self, pixels: &[f32]) -> Result<Tensor> {
+        let side = self.image_side().ok_or_else(|| {
             Error::config(
-                "strategy state",
-                format!("{strategy}.{key}"),
-                format!("unreadable in the checkpoint: {e}"),
+                "encoder",
+                self.encoder().algorithm(),
+                "does not take images",
             )
-        })
-    }
-}
-
-/// Naive fine-tuning: SGD on the current batch only (the lower bound).
-#[derive(Debug, Default)]
-pub struct Naive;
-
-impl Strategy for Naive {
-    fn name(&self) -> &'static str {
-        "naive"
-    }
-
-    fn observe(
-        &mut self,
-        model: &mut Classifier,
-        stream: &Stream,
-        task: usize,
-        range: Range<usize>,
-    ) -> Result<f64> {
-        Ok(model.sgd_step(&task_loss(model, stream, task, range)))
-    }
-}
-
-/// Experience replay (Chaudhry et al. 2019, "On tiny episodic memories"): every
-/// training example offered to a reservoir buffer; each step learns from the current
-/// batch together with an equal-sized batch drawn from the buffer.
-#[derive(Debug)]
-pub struct Replay {
-    buffer: super::Reservoir<(usize, usize)>,
-}
-
-impl Replay {
-    /// Replay with a buffer of `capacity` examples, its draws seeded by `seed`.
-    pub fn new(capacity: usize, seed: u64) -> Result<Self> {
-        if capacity == 0 {
+        })?;
+        let per = side * side;
+        if pixels.is_empty() || pixels.len() % per != 0 {
             return Err(Error::config(
-                "--buffer",
-                0,
-                "experience replay needs a buffer of at least one example",
+                "images",
+                format!("{} pixels", pixels.len()),
+                format!("must be a positive multiple of {side}x{side}"),
             ));
         }
-        Ok(Replay {
-            buffer: super::Reservoir::new(capacity, seed),
+        let n = (pixels.len() / per) as i64;
+        self.checked(&Tensor::from_slice(pixels).view([n, 1, side as i64, side as i64]))
+    }
+
+    /// Inputs checked and shaped: `[n, 1, side, side]` (or `[n, side, side]`) floats
+    /// for an image encoder, at least one, all finite.
+    fn checked(&self, x: &Tensor) -> Result<Tensor> {
+        let size = x.size();
+        let bad = |why: String| Error::config("examples", format!("{size:?}"), why);
+        let x = match self.image_side() {
+            Some(s) => {
+                let s = s as i64;
+                match size.as_slice() {
+                    [_, 1, h, w] if (*h, *w) == (s, s) => x.shallow_clone(),
+                    [n, h, w] if (*h, *w) == (s, s) => x.view([*n, 1, s, s]),
+                    _ => return Err(bad(format!("images must be [n, 1, {s}, {s}]"))),
+                }
+            }
+            None if size.len() >= 2 => x.shallow_clone(),
+            None => return Err(bad("inputs must be [n, ...]".into())),
+        };
+        if x.size()[0] == 0 {
+            return Err(bad("at least one example is needed".into()));
+        }
+        let x = x.to_kind(Kind::Float);
+        if !bool::try_from(x.isfinite().all()).unwrap_or(false) {
+            return Err(bad("holds values that are not finite".into()));
+        }
+        Ok(x)
+    }
+
+    /// Features `[n, d]` of inputs `[n, ...]` under the current representation.
+    pub fn encode(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| self.encoding.features(x))
+    }
+
+    /// Learns `examples` (`[n, 1, side, side]`, one or many) of class `label`, a new
+    /// class or a known one. What is learnt is kept (for consolidation) and never
+    /// changes another class.
+    pub fn learn(&mut self, label: &str, examples: &Tensor) -> Result<Learnt> {
+        check_label(label)?;
+        let x = self.checked(examples)?;
+        let f = self.encode(&x);
+        self.learn_encoded(label, &f, &x)
+    }
+
+    /// [`LifelongLearner::learn`] for examples already encoded: `features` must be
+    /// `self.encode(examples)` under the current [`LifelongLearner::version`] (a stream
+    /// that encodes a class's images once and teaches them one at a time).
+    pub fn learn_encoded(
+        &mut self,
+        label: &str,
+        features: &Tensor,
+        examples: &Tensor,
+    ) -> Result<Learnt> {
+        check_label(label)?;
+        let n = features.size()[0];
+        if examples.size()[0] != n || n == 0 {
+            return Err(Error::config(
+                "examples",
+                format!("{} features, {} examples", n, examples.size()[0]),
+                "need one feature row per example, at least one",
+            ));
+        }
+        let (class, new_class) = match self.index.get(label) {
+            Some(&c) => (c, false),
+            None => (self.labels.len(), true),
+        };
+        let watch = !new_class && self.config.policy.watches_rates();
+        for i in 0..n {
+            let f = features.get(i);
+            if watch {
+                let row = f.view([1, -1]);
+                let unknown = bool::try_from(self.memory.unknown(&row).get(0)).unwrap_or(false);
+                let nearest = self.memory.scores(&row).argmax(1, false).int64_value(&[0]);
+                self.policy
+                    .example(&self.config.policy, unknown, nearest != class as i64);
+            }
+            self.memory.learn(&f, class)?;
+        }
+        let x = examples.detach().to_kind(Kind::Float);
+        if new_class {
+            self.labels.push(label.to_string());
+            self.index.insert(label.to_string(), class);
+            self.examples.push(x.copy());
+            self.policy.new_class();
+        } else {
+            self.examples[class] = Tensor::cat(&[&self.examples[class], &x], 0);
+        }
+        Ok(Learnt {
+            label: label.to_string(),
+            new_class,
+            added: n as usize,
+            examples: self.memory.counts()[class],
         })
     }
 
-    /// The buffer.
-    pub fn buffer(&self) -> &super::Reservoir<(usize, usize)> {
-        &self.buffer
-    }
-}
-
-impl Strategy for Replay {
-    fn name(&self) -> &'static str {
-        "er"
-    }
-
-    fn observe(
-        &mut self,
-        model: &mut Classifier,
-        stream: &Stream,
-        task: usize,
-        range: Range<usize>,
-    ) -> Result<f64> {
-        let n = range.len();
-        let mut loss = task_loss(model, stream, task, range.clone());
-        // Replayed examples keep their own task's mask.
-        let replay: Vec<(usize, usize)> = self.buffer.sample(n).into_iter().copied().collect();
-        if let Some(r) = memory_loss(model, stream, &replay) {
-            loss = (loss + r) * 0.5;
-        }
-        let value = model.sgd_step(&loss);
-        for i in range {
-            self.buffer.offer((task, i));
-        }
-        Ok(value)
+    /// Forgets class `label` and its examples; `false` if it was not known.
+    pub fn forget(&mut self, label: &str) -> Result<bool> {
+        let Some(class) = self.index.get(label).copied() else {
+            return Ok(false);
+        };
+        self.memory.forget(class)?;
+        self.labels.remove(class);
+        let _ = self.examples.remove(class);
+        self.index = index_of(&self.labels);
+        Ok(true)
     }
 
-    fn state(&self) -> StrategyState {
-        StrategyState::meta(serde_json::json!({ "buffer": self.buffer }))
+    /// Predictions for `examples` (`[n, 1, side, side]`), one per example, in order.
+    pub fn predict(&self, examples: &Tensor) -> Result<Vec<Prediction>> {
+        let x = self.checked(examples)?;
+        self.predict_encoded(&self.encode(&x))
     }
 
-    fn restore(&mut self, state: StrategyState) -> Result<()> {
-        let buffer: super::Reservoir<(usize, usize)> = state.field("er", "buffer")?;
-        if buffer.capacity() != self.buffer.capacity() {
+    /// [`LifelongLearner::predict`] for features from [`LifelongLearner::encode`].
+    pub fn predict_encoded(&self, features: &Tensor) -> Result<Vec<Prediction>> {
+        if self.known() == 0 {
             return Err(Error::config(
-                "--buffer",
-                self.buffer.capacity(),
-                format!("the checkpoint's buffer holds {}", buffer.capacity()),
+                "learner",
+                "no classes",
+                "it knows no class yet: teach one first",
             ));
         }
-        self.buffer = buffer;
+        let probs = self
+            .memory
+            .scores(features)
+            .to_kind(Kind::Double)
+            .softmax(1, Kind::Double);
+        let k = self.config.top.min(self.known()) as i64;
+        let (p, idx) = probs.topk(k, 1, true, true);
+        let p: Vec<f64> = Vec::try_from(p.reshape([-1])).map_err(Error::Torch)?;
+        let idx: Vec<i64> = Vec::try_from(idx.reshape([-1])).map_err(Error::Torch)?;
+        let unknown: Vec<bool> =
+            Vec::try_from(self.memory.unknown(features)).map_err(Error::Torch)?;
+        let scores = self.memory.unknown_scores(features);
+        Ok((0..features.size()[0] as usize)
+            .map(|i| {
+                let top: Vec<Ranked> = (0..k as usize)
+                    .map(|j| Ranked {
+                        label: self.labels[idx[i * k as usize + j] as usize].clone(),
+                        probability: p[i * k as usize + j],
+                    })
+                    .collect();
+                Prediction {
+                    label: top[0].label.clone(),
+                    probability: top[0].probability,
+                    top,
+                    unknown: unknown[i],
+                    unknown_score: scores[i],
+                }
+            })
+            .collect())
+    }
+
+    /// Scores `[n, known]` of features (the highest is the prediction), class `c` in
+    /// column `c` (the order of [`LifelongLearner::classes`]).
+    pub fn scores(&self, features: &Tensor) -> Tensor {
+        self.memory.scores(features)
+    }
+
+    /// Whether each of features `[n, d]` is unknown (`[n]` booleans).
+    pub fn unknown(&self, features: &Tensor) -> Tensor {
+        self.memory.unknown(features)
+    }
+
+    /// The classes that can enter a consolidation episode (enough examples).
+    fn eligible(&self) -> Vec<usize> {
+        let need = self.config.consolidation.examples_per_class();
+        (0..self.known())
+            .filter(|&c| self.memory.counts()[c] >= need)
+            .collect()
+    }
+
+    /// Why a consolidation is due now by the learner's policy, if it is (never on a
+    /// frozen encoder, nor before two classes have enough examples for an episode).
+    pub fn due(&self) -> Option<Due> {
+        if !self.trainable || !self.config.policy.is_on() {
+            return None;
+        }
+        let due = self.config.policy.due(&self.policy)?;
+        (self.eligible().len() >= 2).then_some(due)
+    }
+
+    /// The recent unknown and confusion rates the policy watches.
+    pub fn recent_rates(&self) -> (f64, f64) {
+        self.policy.rates()
+    }
+
+    /// Consolidates if the policy says so; the record of what ran.
+    pub fn maybe_consolidate(&mut self) -> Result<Option<ConsolidationRecord>> {
+        match self.due() {
+            Some(reason) => {
+                let done = self.consolidation_job(reason)?.run()?;
+                self.install(done).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Consolidates now, whatever the policy says.
+    pub fn consolidate(&mut self) -> Result<ConsolidationRecord> {
+        let done = self.consolidation_job(Due::Asked)?.run()?;
+        self.install(done)
+    }
+
+    /// A copy of what a consolidation needs (the encoder, the eligible classes'
+    /// examples and prototypes, the generator), to run anywhere.
+    pub fn consolidation_job(&self, reason: Due) -> Result<ConsolidationJob> {
+        if !self.trainable {
+            return Err(Error::config(
+                "consolidation",
+                self.encoder().algorithm().to_string(),
+                "this encoder stays frozen: only a ProtoNet's embedding trains further",
+            ));
+        }
+        let side = self
+            .image_side()
+            .ok_or_else(|| Error::config("consolidation", "encoder", "needs images"))?;
+        let eligible = self.eligible();
+        if eligible.len() < 2 {
+            return Err(Error::config(
+                "consolidation",
+                format!("{} classes", eligible.len()),
+                format!(
+                    "an episode needs at least 2 classes of {} examples or more",
+                    self.config.consolidation.examples_per_class()
+                ),
+            ));
+        }
+        let images = eligible
+            .iter()
+            .map(|&c| Vec::<f32>::try_from(self.examples[c].reshape([-1])).map_err(Error::Torch))
+            .collect::<Result<Vec<_>>>()?;
+        let means = match (
+            self.config.consolidation.neighbours > 1,
+            self.memory.prototypes(),
+        ) {
+            (true, Some(p)) => {
+                let rows =
+                    Tensor::from_slice(&eligible.iter().map(|&c| c as i64).collect::<Vec<_>>());
+                let m = p.index_select(0, &rows);
+                // Neighbours by the encoder's distance: cosine ranks as the squared
+                // distance between unit vectors does.
+                Some(match self.distance() {
+                    Distance::SquaredEuclidean => m,
+                    Distance::Cosine { .. } => &m / (m.norm_scalaropt_dim(2, [1], true) + 1e-8),
+                })
+            }
+            _ => None,
+        };
+        Ok(ConsolidationJob {
+            encoder: encoder::copy(self.encoder())?,
+            config: self.config.consolidation,
+            side,
+            images,
+            means,
+            rng: self.rng.clone(),
+            base_version: self.version,
+            classes: self.known(),
+            reason,
+        })
+    }
+
+    /// Swaps a finished consolidation in as the next representation version: every
+    /// class's examples are encoded again and its prototype rebuilt. Refused if another
+    /// consolidation was installed since the job was made.
+    pub fn install(&mut self, done: Consolidated) -> Result<ConsolidationRecord> {
+        if done.base_version != self.version {
+            return Err(Error::config(
+                "consolidation",
+                format!("version {}", done.base_version),
+                format!("is stale: the learner is at version {}", self.version),
+            ));
+        }
+        self.encoding.replace(done.encoder);
+        self.rng = done.rng;
+        self.version += 1;
+        self.relearn()?;
+        let record = ConsolidationRecord {
+            version: self.version,
+            classes: done.classes,
+            reason: done.reason,
+            loss: done.report.loss,
+            accuracy: done.report.accuracy,
+            seconds: done.seconds,
+        };
+        self.policy.reset();
+        self.policy.new_classes = self.known().saturating_sub(done.classes);
+        self.log.push(record.clone());
+        Ok(record)
+    }
+
+    /// Rebuilds every prototype and the unknown threshold from the examples in the
+    /// current representation, as if learnt again in the same order.
+    fn relearn(&mut self) -> Result<()> {
+        self.memory.clear();
+        for c in 0..self.examples.len() {
+            let f = self.encode(&self.examples[c]);
+            for i in 0..f.size()[0] {
+                self.memory.learn(&f.get(i), c)?;
+            }
+        }
         Ok(())
     }
-}
 
-/// Joint training, the upper bound of a one-pass stream: the same examples and the same
-/// number of SGD steps as the other strategies, but drawn in one i.i.d. order over the
-/// whole stream instead of task after task. Row `i` of its accuracy matrix is the model
-/// after as many examples as the tasks `0..=i` hold, taken from every task at once, so
-/// its last row is a model trained jointly on everything.
-#[derive(Debug)]
-pub struct Joint {
-    seed: u64,
-    order: Vec<(usize, usize)>,
-    position: usize,
-}
-
-impl Joint {
-    /// Joint training in an order drawn from `seed`.
-    pub fn new(seed: u64) -> Self {
-        Joint {
-            seed,
-            order: Vec::new(),
-            position: 0,
-        }
-    }
-
-    fn ensure_order(&mut self, stream: &Stream) {
-        if self.order.is_empty() {
-            self.order = (0..stream.len())
-                .flat_map(|t| (0..stream.examples(t, Part::Train)).map(move |i| (t, i)))
-                .collect();
-            crate::data::Rng::for_item(self.seed, JOINT_STREAM, 0).shuffle(&mut self.order);
-        }
-    }
-}
-
-/// The generator stream of [`Joint`]'s order.
-const JOINT_STREAM: u64 = 0x004A_4F49_4E54;
-
-impl Strategy for Joint {
-    fn name(&self) -> &'static str {
-        "joint"
-    }
-
-    fn observe(
-        &mut self,
-        model: &mut Classifier,
-        stream: &Stream,
-        _task: usize,
-        range: Range<usize>,
-    ) -> Result<f64> {
-        self.ensure_order(stream);
-        let end = (self.position + range.len()).min(self.order.len());
-        let items = &self.order[self.position..end];
-        self.position = end;
-        match memory_loss(model, stream, items) {
-            Some(loss) => Ok(model.sgd_step(&loss)),
-            None => Ok(0.0),
-        }
-    }
-
-    fn state(&self) -> StrategyState {
-        StrategyState::meta(serde_json::json!({ "position": self.position }))
-    }
-
-    fn restore(&mut self, state: StrategyState) -> Result<()> {
-        self.position = state.field("joint", "position")?;
-        Ok(())
-    }
-}
-
-/// Settings of a run over a stream.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RunSettings {
-    /// Training batch size (GEM: 10).
-    pub batch: usize,
-    /// Test examples per task used for the accuracy matrix (`None`: all).
-    pub test_examples: Option<usize>,
-}
-
-/// The numbers of training examples after which [`run_stream`] measures each task's
-/// accuracy while learning it (learning speed); the last point is the whole task.
-pub const SPEED_POINTS: [usize; 3] = [0, 1, 5];
-
-/// One learning-speed measurement: the accuracy on a task's test examples after
-/// `seen` of its training examples, the first batch boundary at or past `asked`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SpeedPoint {
-    /// The number of examples asked for (0, 1, 5, or the task's size).
-    pub asked: usize,
-    /// The number of examples actually seen (a whole number of batches).
-    pub seen: usize,
-    /// Accuracy on the task's test examples, in `[0, 1]`.
-    pub accuracy: f64,
-}
-
-/// Everything a run over a stream has measured so far; the state [`run_stream`]
-/// resumes from.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RunRecord {
-    /// The untrained model's accuracy on every task (for forward transfer).
-    pub baseline: Vec<f64>,
-    /// Row `i`: accuracy on every task after training on tasks `0..=i`.
-    pub rows: Vec<Vec<f64>>,
-    /// For every task learnt, its accuracy after 0, 1, 5 and all of its examples.
-    pub speed: Vec<Vec<SpeedPoint>>,
-    /// Seconds spent in training and testing, over all sessions of the run.
-    pub wall_s: f64,
-}
-
-impl RunRecord {
-    /// The tasks learnt so far.
-    pub fn tasks_done(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// The accuracy matrix of a finished run, with its baseline.
-    pub fn matrix(&self) -> Result<AccuracyMatrix> {
-        AccuracyMatrix::new(self.rows.clone(), Some(self.baseline.clone()))
-    }
-
-    /// The mean learning-speed accuracy at each point (0, 1, 5, all examples) over
-    /// the tasks learnt.
-    pub fn mean_speed(&self) -> Vec<f64> {
-        mean_speed(&self.speed)
-    }
-}
-
-/// The mean accuracy at each learning-speed point (0, 1, 5, all examples) over tasks.
-pub fn mean_speed(speed: &[Vec<SpeedPoint>]) -> Vec<f64> {
-    let n = speed.len().max(1) as f64;
-    (0..SPEED_POINTS.len() + 1)
-        .map(|k| {
-            speed
+    /// Everything the learner holds: named tensors (the encoder's `encoder.*`, the
+    /// prototype sums `memory.*` and the examples `example.{c}`) and the rest as JSON.
+    pub fn state(&self) -> (Vec<(String, Tensor)>, serde_json::Value) {
+        let mut tensors: Vec<(String, Tensor)> = self
+            .encoder()
+            .state()
+            .into_iter()
+            .map(|(n, t)| (format!("encoder.{n}"), t))
+            .collect();
+        let (sums, memory) = self.memory.state();
+        tensors.extend(sums.into_iter().map(|(n, t)| (format!("memory.{n}"), t)));
+        tensors.extend(
+            self.examples
                 .iter()
-                .filter_map(|s| s.get(k))
-                .map(|p| p.accuracy)
-                .sum::<f64>()
-                / n
+                .enumerate()
+                .map(|(c, t)| (format!("example.{c}"), t.shallow_clone())),
+        );
+        let saved = Saved {
+            format: FORMAT,
+            perennial: env!("CARGO_PKG_VERSION").to_string(),
+            encoder: self.encoder().spec(),
+            config: self.config.clone(),
+            labels: self.labels.clone(),
+            memory,
+            rng: self.rng.clone(),
+            policy: self.policy.clone(),
+            consolidations: self.log.clone(),
+            version: self.version,
+        };
+        let meta = serde_json::to_value(saved).expect("the learner's state serialises");
+        (tensors, meta)
+    }
+
+    /// The learner a [`LifelongLearner::state`] describes.
+    pub fn from_state(tensors: &[(String, Tensor)], meta: &serde_json::Value) -> Result<Self> {
+        let format = meta.get("format").and_then(serde_json::Value::as_u64);
+        if format != Some(FORMAT) {
+            let written = meta
+                .get("perennial")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("an unknown version");
+            return Err(Error::config(
+                "saved learner",
+                format!("format {}", format.map_or("?".into(), |f| f.to_string())),
+                format!(
+                    "written by Perennial {written}; this is Perennial {} (format {FORMAT})",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
+        let saved: Saved = serde_json::from_value(meta.clone())
+            .map_err(|e| Error::config("saved learner", "learner.json", e.to_string()))?;
+        let prefixed = |prefix: &str| -> Vec<(String, Tensor)> {
+            tensors
+                .iter()
+                .filter_map(|(n, t)| {
+                    n.strip_prefix(prefix)
+                        .map(|n| (n.to_string(), t.detach().copy()))
+                })
+                .collect()
+        };
+        let mut encoder = encoder::build(&saved.encoder)?;
+        encoder.load_state(&prefixed("encoder."))?;
+        let mut learner = LifelongLearner::new(encoder, saved.config)?;
+        learner
+            .memory
+            .restore(&prefixed("memory."), &saved.memory)?;
+        if learner.memory.known() != saved.labels.len() {
+            return Err(Error::config(
+                "saved learner",
+                format!("{} labels", saved.labels.len()),
+                format!("but {} prototypes", learner.memory.known()),
+            ));
+        }
+        learner.examples = indexed(tensors, "example.", saved.labels.len())?;
+        for (c, x) in learner.examples.iter().enumerate() {
+            if x.size()[0] as usize != learner.memory.counts()[c] {
+                return Err(Error::config(
+                    "saved learner",
+                    format!("class {}", saved.labels[c]),
+                    "its examples do not match its count",
+                ));
+            }
+        }
+        learner.index = index_of(&saved.labels);
+        if learner.index.len() != saved.labels.len() {
+            return Err(Error::config("saved learner", "labels", "repeat a label"));
+        }
+        learner.labels = saved.labels;
+        learner.rng = saved.rng;
+        learner.policy = saved.policy;
+        learner.log = saved.consolidations;
+        learner.version = saved.version;
+        Ok(learner)
+    }
+
+    /// Saves the learner into `dir` atomically: a new version folder is written and
+    /// synced beside the current one, then `dir/CURRENT` is replaced by a rename to
+    /// name it. A crash at any moment leaves the previous save or the new one, whole.
+    /// The previous save is kept (one step back); older ones are removed.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::run(dir, format!("cannot create: {e}")))?;
+        let previous = current_save(dir)?;
+        let n = previous.as_ref().map_or(1, |(n, _)| n + 1);
+        let name = format!("v{n:06}");
+        let tmp = dir.join(format!(".{name}.partial"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::run(&tmp, e.to_string()))?;
+        }
+        std::fs::create_dir(&tmp).map_err(|e| Error::run(&tmp, e.to_string()))?;
+        let (tensors, meta) = self.state();
+        let weights = tmp.join("tensors.safetensors");
+        save_named(&tensors, &weights)?;
+        sync_file(&weights)?;
+        let json = tmp.join("learner.json");
+        write_synced(
+            &json,
+            serde_json::to_string_pretty(&meta)
+                .expect("JSON")
+                .as_bytes(),
+        )?;
+        sync_dir(&tmp)?;
+        let target = dir.join(&name);
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(|e| Error::run(&target, e.to_string()))?;
+        }
+        std::fs::rename(&tmp, &target).map_err(|e| Error::run(&target, e.to_string()))?;
+        let pointer = dir.join(".CURRENT.partial");
+        write_synced(&pointer, format!("{name}\n").as_bytes())?;
+        std::fs::rename(&pointer, dir.join("CURRENT"))
+            .map_err(|e| Error::run(dir.join("CURRENT"), e.to_string()))?;
+        sync_dir(dir)?;
+        // Keep this save and the one before it.
+        let keep = [Some(name), previous.map(|(_, p)| file_name(&p))];
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let f = e.file_name().to_string_lossy().to_string();
+                if parse_version(&f).is_some() && !keep.contains(&Some(f.clone())) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the learner saved in `dir` by [`LifelongLearner::save`]: it predicts as
+    /// the saved one did.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let Some((_, folder)) = current_save(dir)? else {
+            return Err(Error::run(
+                dir,
+                "not a saved lifelong learner (no CURRENT file)",
+            ));
+        };
+        let json = folder.join("learner.json");
+        let text = std::fs::read_to_string(&json).map_err(|e| Error::run(&json, e.to_string()))?;
+        let meta: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::run(&json, format!("corrupt saved learner: {e}")))?;
+        let tensors = load_named(&folder.join("tensors.safetensors"))?;
+        Self::from_state(&tensors, &meta).map_err(|e| Error::run(&folder, e.to_string()))
+    }
+}
+
+/// A consolidation to run: a copy of the encoder and of what it trains on.
+#[derive(Debug)]
+pub struct ConsolidationJob {
+    encoder: Box<dyn Encoder>,
+    config: ConsolidationConfig,
+    side: usize,
+    images: Vec<Vec<f32>>,
+    means: Option<Tensor>,
+    rng: Rng,
+    base_version: u64,
+    classes: usize,
+    reason: Due,
+}
+
+/// A finished consolidation, for [`LifelongLearner::install`].
+#[derive(Debug)]
+pub struct Consolidated {
+    encoder: Box<dyn Encoder>,
+    rng: Rng,
+    report: crate::meta::StepReport,
+    base_version: u64,
+    classes: usize,
+    reason: Due,
+    seconds: f64,
+}
+
+impl ConsolidationJob {
+    /// Meta-trains the copied encoder ([`consolidate`]).
+    pub fn run(mut self) -> Result<Consolidated> {
+        let clock = Instant::now();
+        let net = self
+            .encoder
+            .trainable()
+            .ok_or_else(|| Error::config("consolidation", "encoder", "is frozen"))?;
+        let images = &self.images;
+        let report = consolidate(
+            net,
+            &self.config,
+            images.len(),
+            self.side,
+            self.means.as_ref(),
+            &mut |c| images[c].clone(),
+            &mut self.rng,
+        )?;
+        Ok(Consolidated {
+            encoder: self.encoder,
+            rng: self.rng,
+            report,
+            base_version: self.base_version,
+            classes: self.classes,
+            reason: self.reason,
+            seconds: clock.elapsed().as_secs_f64(),
         })
+    }
+}
+
+/// Labels are what people type: not empty, at most 200 characters, no control
+/// characters.
+fn check_label(label: &str) -> Result<()> {
+    if label.is_empty() || label.chars().count() > 200 || label.chars().any(char::is_control) {
+        return Err(Error::config(
+            "label",
+            format!("{label:?}"),
+            "must be 1 to 200 characters, none of them control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn index_of(labels: &[String]) -> HashMap<String, usize> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(c, l)| (l.clone(), c))
         .collect()
 }
 
-/// Runs `strategy` over `stream` with `model`, from the start (`record` empty) or
-/// from where a checkpointed run stopped (`record`, with the model and the strategy
-/// restored to their state after its last task), and returns the finished record.
-///
-/// After the untrained baseline and after every task, `task_done` gets the record,
-/// the model and the strategy (to write a checkpoint); `progress` is called after every
-/// batch with (task, batches done in it, batches in it).
-pub fn run_stream(
-    strategy: &mut dyn Strategy,
-    model: &mut Classifier,
-    stream: &Stream,
-    settings: &RunSettings,
-    mut record: RunRecord,
-    task_done: &mut dyn FnMut(&RunRecord, &Classifier, &dyn Strategy) -> Result<()>,
-    progress: &mut dyn FnMut(usize, usize, usize),
-) -> Result<RunRecord> {
-    if settings.batch == 0 {
-        return Err(Error::config("--batch", 0, "must be at least 1"));
+fn parse_version(name: &str) -> Option<u64> {
+    name.strip_prefix('v')
+        .filter(|d| d.len() == 6)
+        .and_then(|d| d.parse().ok())
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default()
+}
+
+/// The save `dir/CURRENT` names: its number and folder.
+fn current_save(dir: &Path) -> Result<Option<(u64, PathBuf)>> {
+    let pointer = dir.join("CURRENT");
+    if !pointer.exists() {
+        return Ok(None);
     }
-    let tasks = stream.len();
-    if record.rows.len() > tasks
-        || record.speed.len() != record.rows.len()
-        || (!record.rows.is_empty() && record.baseline.len() != tasks)
-    {
-        return Err(Error::config(
-            "run record",
-            format!("{} rows", record.rows.len()),
-            format!("does not fit a stream of {tasks} tasks"),
+    let text =
+        std::fs::read_to_string(&pointer).map_err(|e| Error::run(&pointer, e.to_string()))?;
+    let name = text.trim();
+    let n = parse_version(name)
+        .ok_or_else(|| Error::run(&pointer, format!("corrupt: names {name:?}, not a save")))?;
+    let folder = dir.join(name);
+    if !folder.is_dir() {
+        return Err(Error::run(
+            &pointer,
+            format!("names {name}, which is missing"),
         ));
     }
-    let test_one = |model: &Classifier, j: usize| -> f64 {
-        let n = stream.examples(j, Part::Test);
-        let n = settings.test_examples.map_or(n, |k| k.min(n));
-        let (x, y) = stream.batch(j, Part::Test, 0..n);
-        let (x, y) = tensors(&x, &y);
-        model.accuracy(&x, &y, stream.mask(j))
-    };
-    let test_all =
-        |model: &Classifier| -> Vec<f64> { (0..tasks).map(|j| test_one(model, j)).collect() };
-    let mut clock = std::time::Instant::now();
-    let mut tick = |record: &mut RunRecord| {
-        record.wall_s += clock.elapsed().as_secs_f64();
-        clock = std::time::Instant::now();
-    };
-    if record.rows.is_empty() {
-        record.baseline = test_all(model);
-        tick(&mut record);
-        task_done(&record, model, strategy)?;
-    }
-    for t in record.rows.len()..tasks {
-        strategy.before_task(model, stream, t)?;
-        let n = stream.examples(t, Part::Train);
-        let batches = n.div_ceil(settings.batch);
-        let before = match t {
-            0 => record.baseline[t],
-            _ => record.rows[t - 1][t],
-        };
-        let mut speed = vec![SpeedPoint {
-            asked: 0,
-            seen: 0,
-            accuracy: before,
-        }];
-        for b in 0..batches {
-            let range = b * settings.batch..((b + 1) * settings.batch).min(n);
-            let seen = range.end;
-            let loss = strategy.observe(model, stream, t, range)?;
-            if !loss.is_finite() {
-                return Err(Error::config(
-                    "training",
-                    loss,
-                    format!(
-                        "the loss diverged on task {t}, batch {b}; lower --lr \
-                         (or the strategy's strength, e.g. --ewc-lambda)"
-                    ),
-                ));
-            }
-            // Learning speed: the first batch boundary at or past each point.
-            let due: Vec<usize> = SPEED_POINTS[1..]
-                .iter()
-                .copied()
-                .chain([n])
-                .filter(|&k| seen >= k.min(n) && !speed.iter().any(|p| p.asked == k))
-                .collect();
-            if !due.is_empty() {
-                let accuracy = test_one(model, t);
-                speed.extend(due.into_iter().map(|asked| SpeedPoint {
-                    asked,
-                    seen,
-                    accuracy,
-                }));
-            }
-            progress(t, b + 1, batches);
+    Ok(Some((n, folder)))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::File::create(path).map_err(|e| Error::run(path, e.to_string()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::run(path, e.to_string()))
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::run(path, e.to_string()))
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    // A directory's entries are durable once the directory itself is synced.
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::run(path, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifelong::class_stream::tests::{consolidating, image_classes};
+    use crate::lifelong::encoder::Identity;
+    use crate::lifelong::policy::RateTrigger;
+
+    /// A learner on a random ProtoNet, consolidating every 2 new classes, taught the
+    /// first `classes` classes of a synthetic image stream.
+    fn taught(classes: usize) -> (LifelongLearner, crate::lifelong::class_stream::ClassImages) {
+        let images = image_classes(4, 9);
+        let mut l = consolidating(2, Distance::SquaredEuclidean);
+        for c in 0..classes {
+            l.learn(&format!("class {c}"), &images.train[c]).unwrap();
         }
-        strategy.after_task(model, stream, t)?;
-        record.rows.push(test_all(model));
-        record.speed.push(speed);
-        tick(&mut record);
-        task_done(&record, model, strategy)?;
+        (l, images)
     }
-    Ok(record)
+
+    #[test]
+    fn learns_at_any_time_and_predicts_label_probability_top_and_unknown() {
+        let (mut l, images) = taught(3);
+        assert_eq!(l.known(), 3);
+        assert_eq!(l.image_side(), Some(28));
+        let p = l.predict(&images.test[1]).unwrap();
+        assert_eq!(p.len(), 5);
+        let right = p.iter().filter(|p| p.label == "class 1").count();
+        assert!(right >= 4, "{p:?}");
+        for p in &p {
+            assert_eq!(p.top.len(), 3, "at most the classes known");
+            assert_eq!(p.top[0].label, p.label);
+            assert!(p
+                .top
+                .windows(2)
+                .all(|w| w[0].probability >= w[1].probability));
+            let sum: f64 = p.top.iter().map(|r| r.probability).sum();
+            assert!((sum - 1.0).abs() < 1e-9, "{sum}");
+            assert_eq!(p.unknown, p.unknown_score > 1.0, "{p:?}");
+        }
+        // A class not taught is flagged unknown more often than the known ones.
+        let unknown = |x: &Tensor| {
+            let p = l.predict(x).unwrap();
+            p.iter().filter(|p| p.unknown).count() as f64 / p.len() as f64
+        };
+        let novel = unknown(&images.test[3]);
+        let known = (0..3).map(|c| unknown(&images.test[c])).sum::<f64>() / 3.0;
+        assert!(novel > known, "novel {novel} known {known}");
+        // More examples of a known class; one image as [n, side, side]; a new class.
+        let more = l.learn("class 0", &images.test[0].narrow(0, 0, 2)).unwrap();
+        assert_eq!((more.new_class, more.added, more.examples), (false, 2, 17));
+        let one = images.train[3].narrow(0, 0, 1).view([1, 28, 28]);
+        let new = l.learn("class 3", &one).unwrap();
+        assert_eq!((new.new_class, new.examples), (true, 1));
+        assert_eq!(
+            l.classes().iter().map(|c| c.examples).collect::<Vec<_>>(),
+            [17, 15, 15, 1]
+        );
+        // Forgetting a class removes it from predictions.
+        assert!(l.forget("class 1").unwrap());
+        assert!(!l.forget("class 1").unwrap());
+        assert_eq!(l.known(), 3);
+        let p = l.predict(&images.test[1]).unwrap();
+        assert!(p.iter().all(|p| p.label != "class 1"));
+        assert!(l
+            .predict(&images.test[2])
+            .unwrap()
+            .iter()
+            .any(|p| p.label == "class 2"));
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_clear_error() {
+        let (mut l, images) = taught(1);
+        let fresh = consolidating(2, Distance::SquaredEuclidean);
+        let err = fresh.predict(&images.test[0]).unwrap_err().to_string();
+        assert!(err.contains("knows no class"), "{err}");
+        let bad = |e: Result<Learnt>, want: &str| {
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        };
+        bad(l.learn("", &images.train[0]), "label");
+        bad(l.learn("a\nb", &images.train[0]), "control");
+        bad(
+            l.learn(
+                "x",
+                &Tensor::zeros([2, 1, 20, 20], (Kind::Float, tch::Device::Cpu)),
+            ),
+            "[n, 1, 28, 28]",
+        );
+        bad(
+            l.learn(
+                "x",
+                &Tensor::zeros([0, 1, 28, 28], (Kind::Float, tch::Device::Cpu)),
+            ),
+            "at least one",
+        );
+        let nan = Tensor::full([1, 1, 28, 28], f64::NAN, (Kind::Float, tch::Device::Cpu));
+        bad(l.learn("x", &nan), "not finite");
+        assert!(l.images(&[0.0; 100]).is_err());
+        assert_eq!(
+            l.images(&vec![0.5; 2 * 784]).unwrap().size(),
+            [2, 1, 28, 28]
+        );
+        assert_eq!(l.known(), 1, "nothing refused was learnt");
+        // A frozen encoder cannot take a policy that consolidates.
+        let err = LifelongLearner::new(Box::new(Identity), LearnerConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("--consolidate-every 0"), "{err}");
+        let err = LearnerConfig {
+            top: 0,
+            ..LearnerConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("top"), "{err}");
+    }
+
+    /// Regression test (issue 18): a learner on an encoder trained with the cosine
+    /// distance compares its prototypes under that distance.
+    #[test]
+    fn the_learner_uses_its_encoders_distance() {
+        let images = image_classes(3, 4);
+        let mut l = consolidating(0, Distance::Cosine { scale: 10.0 });
+        assert_eq!(l.distance(), Distance::Cosine { scale: 10.0 });
+        for c in 0..3 {
+            l.learn(&c.to_string(), &images.train[c]).unwrap();
+        }
+        let f = l.encode(&images.test[0]);
+        let protos = l.memory().prototypes().unwrap();
+        let want = Distance::Cosine { scale: 10.0 }.logits(&f, protos);
+        assert!(l.scores(&f).allclose(&want, 1e-5, 1e-5, false));
+        let p = l.predict(&images.test[0]).unwrap();
+        let argmax: Vec<i64> = Vec::try_from(want.argmax(1, false)).unwrap();
+        for (p, a) in p.iter().zip(argmax) {
+            assert_eq!(p.label, a.to_string());
+        }
+    }
+
+    #[test]
+    fn a_saved_learner_loads_to_the_same_predictions_and_saves_atomically() {
+        let (mut l, images) = taught(3);
+        l.consolidate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("learner");
+        l.save(&path).unwrap();
+        let back = LifelongLearner::load(&path).unwrap();
+        for c in 0..4 {
+            assert_eq!(
+                back.predict(&images.test[c]).unwrap(),
+                l.predict(&images.test[c]).unwrap()
+            );
+        }
+        assert_eq!(back.classes(), l.classes());
+        assert_eq!(back.version(), 1);
+        assert_eq!(back.consolidations(), l.consolidations());
+        // Both go on alike: the same consolidation from the same generator.
+        let (mut a, mut b) = (l, back);
+        a.learn("class 3", &images.train[3]).unwrap();
+        b.learn("class 3", &images.train[3]).unwrap();
+        a.consolidate().unwrap();
+        b.consolidate().unwrap();
+        assert_eq!(
+            a.predict(&images.test[3]).unwrap(),
+            b.predict(&images.test[3]).unwrap()
+        );
+        // A second save names a new folder; the first stays as the step back.
+        a.save(&path).unwrap();
+        let current = std::fs::read_to_string(path.join("CURRENT")).unwrap();
+        assert_eq!(current.trim(), "v000002");
+        assert!(path.join("v000001").is_dir());
+        a.save(&path).unwrap();
+        assert!(!path.join("v000001").exists(), "older saves are removed");
+        // A save interrupted before CURRENT moved leaves the last one in force.
+        std::fs::create_dir(path.join(".v000004.partial")).unwrap();
+        std::fs::write(path.join(".v000004.partial/learner.json"), "{").unwrap();
+        assert_eq!(LifelongLearner::load(&path).unwrap().version(), 2);
+        a.save(&path).unwrap();
+        assert_eq!(LifelongLearner::load(&path).unwrap().known(), 4);
+        // Refusals: no save, a corrupt pointer, a newer format.
+        let err = LifelongLearner::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a saved lifelong learner"), "{err}");
+        let v = std::fs::read_to_string(path.join("CURRENT")).unwrap();
+        let json = path.join(v.trim()).join("learner.json");
+        let text = std::fs::read_to_string(&json).unwrap();
+        std::fs::write(&json, text.replace("\"format\": 1", "\"format\": 9")).unwrap();
+        let err = LifelongLearner::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("format 9") && err.contains("format 1"),
+            "{err}"
+        );
+        std::fs::write(path.join("CURRENT"), "elsewhere\n").unwrap();
+        let err = LifelongLearner::load(&path).unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+    }
+
+    /// A consolidation run as a job, away from the learner, gives the learner that
+    /// consolidating in place gives; classes taught while it ran are relearnt in the
+    /// new representation; a second job from the same version is refused as stale.
+    #[test]
+    fn a_background_consolidation_installs_as_the_next_version() {
+        let (mut a, images) = taught(3);
+        let (mut b, _) = taught(3);
+        a.consolidate().unwrap();
+        let job = b.consolidation_job(Due::Asked).unwrap();
+        let stale = b.consolidation_job(Due::Asked).unwrap();
+        // Predictions go on from the current version while the job runs.
+        let done = std::thread::spawn(move || job.run().unwrap())
+            .join()
+            .unwrap();
+        b.learn("class 3", &images.train[3]).unwrap();
+        let record = b.install(done).unwrap();
+        assert_eq!((record.version, record.classes), (1, 3));
+        assert_eq!(b.version(), 1);
+        a.learn("class 3", &images.train[3]).unwrap();
+        for c in 0..4 {
+            assert_eq!(
+                a.predict(&images.test[c]).unwrap(),
+                b.predict(&images.test[c]).unwrap()
+            );
+        }
+        let err = b.install(stale.run().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("stale"), "{err}");
+        // The class taught during the job counts towards the next consolidation.
+        assert_eq!(b.policy.new_classes, 1);
+    }
+
+    #[test]
+    fn the_policy_schedules_consolidation() {
+        let images = image_classes(4, 9);
+        let mut l = consolidating(2, Distance::SquaredEuclidean);
+        l.learn("a", &images.train[0]).unwrap();
+        assert_eq!(l.due(), None);
+        assert_eq!(l.maybe_consolidate().unwrap(), None);
+        l.learn("b", &images.train[1]).unwrap();
+        assert_eq!(l.due(), Some(Due::NewClasses(2)));
+        let r = l.maybe_consolidate().unwrap().unwrap();
+        assert_eq!(r.reason, Due::NewClasses(2));
+        assert_eq!(l.due(), None);
+        // Classes with too few examples for an episode never make one due.
+        let mut few = consolidating(2, Distance::SquaredEuclidean);
+        few.learn("a", &images.train[0].narrow(0, 0, 2)).unwrap();
+        few.learn("b", &images.train[1].narrow(0, 0, 2)).unwrap();
+        assert_eq!(few.due(), None);
+        assert!(few.consolidate().is_err());
+        // The confusion signal: examples of a known class taught after a lookalike
+        // class were nearer the lookalike's prototype.
+        let mut watch = consolidating(0, Distance::SquaredEuclidean);
+        watch.config.policy.confusion = Some(RateTrigger {
+            window: 4,
+            above: 0.4,
+        });
+        watch.learn("a", &images.train[0].narrow(0, 0, 1)).unwrap();
+        watch.learn("b", &images.train[0].narrow(0, 1, 5)).unwrap();
+        assert_eq!(
+            watch.due(),
+            None,
+            "a new class's own examples are not watched"
+        );
+        watch.learn("a", &images.train[0].narrow(0, 6, 4)).unwrap();
+        let (_, confusion) = watch.recent_rates();
+        assert!(confusion > 0.4, "{confusion}");
+        assert!(matches!(watch.due(), Some(Due::Confusion(_))));
+    }
 }

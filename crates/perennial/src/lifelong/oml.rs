@@ -114,17 +114,14 @@ impl Oml {
 /// examples `feats` (`[n, d]`) in the order given, taking one SGD step of size `lr` on
 /// each, with cross-entropy over classes `0..=label` (the classes met so far, when
 /// classes arrive in order). Differentiable with respect to `feats`. Returns the
-/// weight `[d, ways]` and bias `[ways]`.
-// `w -= ...` would be tch's in-place subtraction, which autograd cannot differentiate
-// through here (the old `w` is needed for the backward pass): new tensors each step.
-#[allow(clippy::assign_op_pattern)]
+/// weight `[d, ways]` and bias `[ways]` (new tensors each step: autograd needs the old
+/// ones for the backward pass).
 pub fn online_head(feats: &Tensor, labels: &[i64], ways: usize, lr: f64) -> (Tensor, Tensor) {
     let (kind, device) = (feats.kind(), feats.device());
     let d = feats.size()[1];
     let w_ = ways as i64;
     let mut w = Tensor::zeros([d, w_], (kind, device));
     let mut b = Tensor::zeros([w_], (kind, device));
-    let eye = Tensor::eye(w_, (kind, device));
     for (i, &c) in labels.iter().enumerate() {
         let x = feats.narrow(0, i as i64, 1);
         // Classes after `c` are not met yet: they take no part in the softmax.
@@ -133,12 +130,36 @@ pub fn online_head(feats: &Tensor, labels: &[i64], ways: usize, lr: f64) -> (Ten
             .collect();
         let mask = Tensor::from_slice(&mask).to_device(device).to_kind(kind);
         let z = x.matmul(&w) + &b + mask;
-        // ∂CE/∂z = softmax(z) − onehot(c).
-        let g = z.softmax(1, kind) - eye.narrow(0, c, 1);
-        w = w - x.transpose(0, 1).matmul(&g) * lr;
-        b = b - g.squeeze_dim(0) * lr;
+        (w, b) = head_step(&w, &b, &x, &z, c, lr);
     }
     (w, b)
+}
+
+/// One SGD step of a linear softmax head `{w [d, k], b [k]}` on one example `x`
+/// (`[1, d]`) of class `label`, whose logits `z = x·w + b` (`[1, k]`, masked or not)
+/// are given: softmax cross-entropy's gradient has the closed form
+/// `∂CE/∂z = softmax(z) − onehot(label)`, so no autograd graph is needed for it (and it
+/// stays differentiable with respect to `x`, `w` and `b` when they are). Returns the
+/// new `(w, b)`. OML's online head and the class stream's online head both step with it.
+pub fn head_step(
+    w: &Tensor,
+    b: &Tensor,
+    x: &Tensor,
+    z: &Tensor,
+    label: i64,
+    lr: f64,
+) -> (Tensor, Tensor) {
+    let g = z.softmax(1, z.kind());
+    let onehot = Tensor::zeros_like(&g).index_fill(
+        1,
+        &Tensor::from_slice(&[label]).to_device(g.device()),
+        1.0,
+    );
+    let g = g - onehot;
+    (
+        w - x.transpose(0, 1).matmul(&g) * lr,
+        b - g.squeeze_dim(0) * lr,
+    )
 }
 
 /// The support examples' positions sorted by class (stable): the trajectory order.

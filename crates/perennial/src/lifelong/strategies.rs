@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use tch::{Kind, Tensor};
 
-use super::learner::{memory_loss, task_loss, Classifier, Strategy, StrategyState};
+use super::strategy::{memory_loss, task_loss, Classifier, Strategy, StrategyState};
 use crate::data::stream::{Part, Stream};
 use crate::data::Rng;
 use crate::error::{Error, Result};
@@ -308,13 +308,10 @@ impl Mer {
             batches: config.batches,
             beta: config.beta,
             gamma: config.gamma,
-            rng: Rng::for_item(seed, MER_STREAM, 0),
+            rng: Rng::for_item(seed, crate::data::rng::streams::MER_BUFFER, 0),
         })
     }
 }
-
-/// The generator stream of MER's shuffles.
-const MER_STREAM: u64 = 0x004D_4552;
 
 fn snapshot(model: &Classifier) -> Vec<Tensor> {
     model

@@ -86,7 +86,7 @@ impl FastNet {
         }
         let fan_in = self.body.out_dim();
         let bound = 1.0 / (fan_in as f64).sqrt();
-        let mut rng = Rng::for_item(seed, u64::MAX, 0);
+        let mut rng = Rng::for_item(seed, perennial_data::rng::streams::HEAD_INIT, 0);
         let mut draw = |n: usize| -> Tensor {
             let v: Vec<f32> = (0..n)
                 .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
