@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 family=${1:-protonet}
 rounds=${2:-2}
 PEER_PY=${PEER_PY:-../peer-venv/bin/python}
-PEER=../shared/peers/peer_bench.py
+PEER=${PEER_BENCH:-../shared/peers/peer_bench.py}
 DATA=${PERENNIAL_DATA:-../shared/data}
 case "$family" in
   protonet) names="protonet_5w1s15q protonet_20w5s15q data_5w1s15q data_20w5s15q" ;;

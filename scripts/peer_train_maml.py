@@ -23,7 +23,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PEERS = os.path.join(HERE, "..", "..", "shared", "peers")
+PEERS = os.environ.get("PEER_DIR") or os.path.join(HERE, "..", "..", "shared", "peers")
 sys.path.insert(0, PEERS)
 
 

@@ -41,7 +41,8 @@ pub enum Command {
     Predict(PredictArgs),
     /// Download a data set's canonical archives (sha256-verified).
     Download(DownloadArgs),
-    /// Benchmarks, one JSON line each (names match ../shared/peers/peer_bench.py).
+    /// Benchmarks, one JSON line each, named as the lines of the Python peer benchmark
+    /// (PyTorch, learn2learn) so that the two compare line by line.
     Bench(BenchArgs),
     /// Run a continual-learning strategy over a task stream: accuracy matrix, ACC, BWT,
     /// FWT, forgetting, learning speed, plots.

@@ -1,5 +1,5 @@
-//! `perennial bench`: the same work as `../shared/peers/peer_bench.py`, under the same
-//! names, one JSON line per benchmark. Each benchmark runs in a fresh child process so
+//! `perennial bench`: the same work as the Python peer benchmark (`peer_bench.py`: plain
+//! PyTorch and learn2learn), under the same names, one JSON line per benchmark. Each benchmark runs in a fresh child process so
 //! its `peak_rss_mb` is its own.
 
 use std::time::Instant;

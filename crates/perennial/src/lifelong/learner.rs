@@ -8,19 +8,24 @@
 //! ```no_run
 //! use perennial::lifelong::{LearnerConfig, LifelongLearner};
 //!
-//! # fn main() -> perennial::Result<()> {
-//! let mut learner = LifelongLearner::from_run("runs/encoder".as_ref(), LearnerConfig::default())?;
-//! let alpha = learner.read_images(&["alpha-1.png".as_ref(), "alpha-2.png".as_ref()])?;
-//! learner.learn("alpha", &alpha)?;
-//! let beta = learner.read_images(&["beta-1.png".as_ref()])?;
-//! learner.learn("beta", &beta)?;
-//! for p in learner.predict(&learner.read_images(&["query.png".as_ref()])?)? {
-//!     println!("{} {:.2} unknown: {}", p.label, p.probability, p.unknown);
+//! fn main() -> perennial::Result<()> {
+//!     // The embedding of a trained encoder run (`perennial train protonet --splits lake ...`).
+//!     let mut learner =
+//!         LifelongLearner::from_run("runs/lake-60w5s-3k".as_ref(), LearnerConfig::default())?;
+//!     // Teach a class from one image or many, at any time (PNG, JPEG, ...; any size).
+//!     let alpha = learner.read_images(&["me/alpha-1.png".as_ref(), "me/alpha-2.png".as_ref()])?;
+//!     learner.learn("alpha", &alpha)?;
+//!     let beta = learner.read_images(&["me/beta-1.png".as_ref()])?;
+//!     learner.learn("beta", &beta)?;
+//!     // Predict: label, probability, top classes, and whether the input is unknown.
+//!     for p in learner.predict(&learner.read_images(&["me/query.png".as_ref()])?)? {
+//!         println!("{} ({:.2}) unknown: {} {:?}", p.label, p.probability, p.unknown, p.top);
+//!     }
+//!     // The learner's own policy says when to consolidate its representation.
+//!     learner.maybe_consolidate()?;
+//!     learner.save("my-learner".as_ref())?; // atomic; LifelongLearner::load resumes it
+//!     Ok(())
 //! }
-//! learner.maybe_consolidate()?;
-//! learner.save("my-learner".as_ref())?;
-//! # Ok(())
-//! # }
 //! ```
 //!
 //! Consolidation can also run away from the learner (the service does it on a worker
