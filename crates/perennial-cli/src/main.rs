@@ -15,6 +15,11 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     init_logging(args.verbose, args.quiet);
     if let Some(n) = args.threads {
+        // libtorch panics on a count it cannot take; say so in one line instead.
+        if n == 0 || n > i32::MAX as usize {
+            eprintln!("error: invalid --threads = {n}: must be at least 1");
+            return ExitCode::from(2);
+        }
         tch::set_num_threads(n as i32);
     }
     match commands::run(args) {

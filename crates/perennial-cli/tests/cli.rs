@@ -686,6 +686,11 @@ fn bad_input_gets_one_clear_line_and_exit_2() {
         &["imagenet", "omniglot"],
     );
     assert_fails(&run(bin().args(["bench", "nope"])), &["nope", "protonet"]);
+    // Regression (issue 18): --threads 0 panicked inside libtorch with a backtrace.
+    assert_fails(
+        &run(bin().args(["--threads", "0", "eval"]).arg(&empty)),
+        &["--threads", "at least 1"],
+    );
     // clap's own errors also exit 2.
     assert_eq!(
         run(bin().args(["train", "protonet", "--ways", "x", "--out", "y"]))

@@ -38,18 +38,52 @@ pub fn splits_dir(data: &Path) -> PathBuf {
 
 /// The shared data folder for tests and benchmarks: `$PERENNIAL_TEST_DATA`, else
 /// `../shared/data` beside the workspace. `None` (with a note on stderr) when it has no
-/// `omniglot/` folder, so data-dependent tests skip with a clear message.
+/// `omniglot/` and `mnist/` folders, so that data-dependent tests skip with a clear
+/// message on a machine without the data.
+///
+/// # Panics
+///
+/// Under continuous integration (`CI` set and not empty or `false`) a missing data set
+/// is a failure, not a skip: a green CI run always means the data tests ran.
 pub fn shared_test_data() -> Option<PathBuf> {
     let p = std::env::var_os("PERENNIAL_TEST_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if p.join("omniglot").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: no shared data at {} (set PERENNIAL_TEST_DATA)",
-            p.display()
-        );
-        None
+    let missing: Vec<&str> = ["omniglot", "mnist"]
+        .into_iter()
+        .filter(|d| !p.join(d).is_dir())
+        .collect();
+    if missing.is_empty() {
+        return Some(p);
+    }
+    let what = format!(
+        "no {} data at {} (set PERENNIAL_TEST_DATA)",
+        missing.join(" or "),
+        p.display()
+    );
+    if is_ci(std::env::var("CI").ok().as_deref()) {
+        panic!("{what}: under CI the data tests must run, not skip");
+    }
+    eprintln!("SKIP: {what}");
+    None
+}
+
+/// Whether a value of the `CI` environment variable says this is a CI run.
+fn is_ci(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_is_told_by_its_variable() {
+        for v in ["true", "1", "yes"] {
+            assert!(is_ci(Some(v)), "{v}");
+        }
+        for v in [None, Some(""), Some("false"), Some("0")] {
+            assert!(!is_ci(v), "{v:?}");
+        }
     }
 }
