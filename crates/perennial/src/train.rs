@@ -8,61 +8,14 @@ use serde_json::json;
 use tch::Device;
 
 use crate::checkpoint::{RunConfig, RunDir, RunState, ScheduleConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::eval::{evaluate, Summary};
-use crate::lifelong::oml::Oml;
-use crate::meta::metric::ProtoNet;
-use crate::meta::optimization::maml::{Maml, MamlVariant};
-use crate::meta::optimization::reptile::Reptile;
 use crate::meta::{MetaLearner, StepReport};
 use crate::tensors::Task;
 
-/// The algorithms [`build_learner`] knows.
-pub const ALGORITHMS: &str = "protonet, maml, fomaml, anil, metasgd, reptile, oml";
-
-/// Builds the learner a run config describes, freshly initialised.
+/// Builds the learner a run configuration describes ([`crate::meta::registry::build`]).
 pub fn build_learner(config: &RunConfig, device: Device) -> Result<Box<dyn MetaLearner>> {
-    let missing = |section: &str| {
-        Error::config(
-            "algorithm",
-            &config.algorithm,
-            format!("the config has no [{section}] section"),
-        )
-    };
-    match config.algorithm.as_str() {
-        "protonet" => Ok(Box::new(ProtoNet::new(
-            config.protonet.clone().ok_or_else(|| missing("protonet"))?,
-            config.seed,
-            device,
-        )?)),
-        "maml" | "fomaml" | "anil" | "metasgd" => {
-            let m = config.maml.clone().ok_or_else(|| missing("maml"))?;
-            let variant: MamlVariant = config.algorithm.parse()?;
-            if m.variant != variant {
-                return Err(Error::config(
-                    "maml.variant",
-                    m.variant.name(),
-                    format!("does not match algorithm {}", config.algorithm),
-                ));
-            }
-            Ok(Box::new(Maml::new(m, config.seed, device)?))
-        }
-        "oml" => Ok(Box::new(Oml::new(
-            config.oml.clone().ok_or_else(|| missing("oml"))?,
-            config.seed,
-            device,
-        )?)),
-        "reptile" => Ok(Box::new(Reptile::new(
-            config.reptile.clone().ok_or_else(|| missing("reptile"))?,
-            config.seed,
-            device,
-        )?)),
-        other => Err(Error::config(
-            "algorithm",
-            other,
-            format!("known: {ALGORITHMS}"),
-        )),
-    }
+    crate::meta::registry::build(config, device)
 }
 
 /// Where training tasks come from: task `i` is a pure function of `i`.

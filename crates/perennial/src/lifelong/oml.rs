@@ -24,7 +24,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::meta::{Adapted, MetaLearner, StepReport};
+use crate::meta::{Adapted, MetaLearner, Parts, PartsMut, StepReport};
 use crate::nn::{Backbone, BackboneConfig, ParamSet};
 use crate::optim::{Adam, AdamConfig};
 use crate::tensors::{accuracy, Batch, Task};
@@ -192,6 +192,22 @@ impl Adapted for OmlAdapted<'_> {
 }
 
 impl MetaLearner for Oml {
+    fn parts(&self) -> Parts<'_> {
+        Parts {
+            params: &self.params,
+            buffers: Some(&self.buffers),
+            adam: Some(&self.adam),
+        }
+    }
+
+    fn parts_mut(&mut self) -> PartsMut<'_> {
+        PartsMut {
+            params: &mut self.params,
+            buffers: Some(&mut self.buffers),
+            adam: Some(&mut self.adam),
+        }
+    }
+
     fn name(&self) -> &'static str {
         "oml"
     }
@@ -266,28 +282,6 @@ impl MetaLearner for Oml {
         report.loss /= n;
         report.accuracy = Some(acc / n);
         report
-    }
-
-    fn training_state(&self) -> Vec<(String, Tensor)> {
-        let mut out = self.model_state();
-        out.extend(self.adam.state("adam."));
-        out
-    }
-
-    fn load_training_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
-        self.load_model_state(named)?;
-        self.adam.load_state(named, "adam.")
-    }
-
-    fn model_state(&self) -> Vec<(String, Tensor)> {
-        let mut out = self.params.named("params.");
-        out.extend(self.buffers.named("buffers."));
-        out
-    }
-
-    fn load_model_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
-        self.params.load_named(named, "params.")?;
-        self.buffers.load_named(named, "buffers.")
     }
 }
 

@@ -3,16 +3,41 @@
 //! A [`MetaLearner`] holds meta-parameters θ. `adapt(support)` returns an [`Adapted`]
 //! model for one task without touching θ; `meta_step(tasks)` performs one outer update.
 //! One evaluation loop ([`crate::eval`]) and one training loop ([`crate::train`]) serve
-//! every algorithm through these two traits.
+//! every algorithm through these two traits, and [`registry`] names every algorithm.
 
 pub mod memory;
 pub mod metric;
 pub mod optimization;
+pub mod registry;
 
 use tch::Tensor;
 
 use crate::error::Result;
+use crate::nn::ParamSet;
+use crate::optim::Adam;
 use crate::tensors::{Batch, Task};
+
+/// A meta-learner's tensors, by role ([`MetaLearner::parts`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Parts<'a> {
+    /// The meta-parameters.
+    pub params: &'a ParamSet,
+    /// Batch-norm running statistics, for learners that keep them.
+    pub buffers: Option<&'a ParamSet>,
+    /// The outer optimiser, for learners that train with Adam.
+    pub adam: Option<&'a Adam>,
+}
+
+/// [`Parts`], mutable.
+#[derive(Debug)]
+pub struct PartsMut<'a> {
+    /// The meta-parameters.
+    pub params: &'a mut ParamSet,
+    /// Batch-norm running statistics, for learners that keep them.
+    pub buffers: Option<&'a mut ParamSet>,
+    /// The outer optimiser, for learners that train with Adam.
+    pub adam: Option<&'a mut Adam>,
+}
 
 /// A model adapted to one task.
 pub trait Adapted {
@@ -49,15 +74,49 @@ pub trait MetaLearner {
     /// One outer (meta-) update on a batch of tasks.
     fn meta_step(&mut self, tasks: &[Task]) -> StepReport;
 
+    /// The learner's tensors: meta-parameters, buffers and optimiser. The four state
+    /// methods below are built on it, under the names every checkpoint uses
+    /// (`params.*`, `buffers.*`, `adam.*`).
+    fn parts(&self) -> Parts<'_>;
+
+    /// [`MetaLearner::parts`], to load into.
+    fn parts_mut(&mut self) -> PartsMut<'_>;
+
     /// Every tensor needed to resume training (meta-parameters, buffers, optimiser).
-    fn training_state(&self) -> Vec<(String, Tensor)>;
+    fn training_state(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.model_state();
+        if let Some(adam) = self.parts().adam {
+            out.extend(adam.state("adam."));
+        }
+        out
+    }
 
     /// Restores [`MetaLearner::training_state`].
-    fn load_training_state(&mut self, named: &[(String, Tensor)]) -> Result<()>;
+    fn load_training_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
+        self.load_model_state(named)?;
+        match self.parts_mut().adam {
+            Some(adam) => adam.load_state(named, "adam."),
+            None => Ok(()),
+        }
+    }
 
     /// The tensors needed to predict (meta-parameters and buffers), for the best model.
-    fn model_state(&self) -> Vec<(String, Tensor)>;
+    fn model_state(&self) -> Vec<(String, Tensor)> {
+        let parts = self.parts();
+        let mut out = parts.params.named("params.");
+        if let Some(b) = parts.buffers {
+            out.extend(b.named("buffers."));
+        }
+        out
+    }
 
     /// Restores [`MetaLearner::model_state`].
-    fn load_model_state(&mut self, named: &[(String, Tensor)]) -> Result<()>;
+    fn load_model_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
+        let parts = self.parts_mut();
+        parts.params.load_named(named, "params.")?;
+        match parts.buffers {
+            Some(b) => b.load_named(named, "buffers."),
+            None => Ok(()),
+        }
+    }
 }

@@ -34,7 +34,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::meta::optimization::fastnet::{FastNet, FastNetConfig};
-use crate::meta::{Adapted, MetaLearner, StepReport};
+use crate::meta::{Adapted, MetaLearner, Parts, PartsMut, StepReport};
 use crate::nn::ParamSet;
 use crate::optim::{Adam, AdamConfig};
 use crate::tensors::{Batch, Task};
@@ -770,6 +770,22 @@ impl Adapted for FineTuned<'_> {
 }
 
 impl MetaLearner for Maml {
+    fn parts(&self) -> Parts<'_> {
+        Parts {
+            params: &self.params,
+            buffers: None,
+            adam: Some(&self.adam),
+        }
+    }
+
+    fn parts_mut(&mut self) -> PartsMut<'_> {
+        PartsMut {
+            params: &mut self.params,
+            buffers: None,
+            adam: Some(&mut self.adam),
+        }
+    }
+
     fn name(&self) -> &'static str {
         self.config.variant.name()
     }
@@ -794,24 +810,5 @@ impl MetaLearner for Maml {
         let (grads, report) = self.meta_gradient(tasks);
         self.adam.step_with(&self.params, &grads);
         report
-    }
-
-    fn training_state(&self) -> Vec<(String, Tensor)> {
-        let mut out = self.model_state();
-        out.extend(self.adam.state("adam."));
-        out
-    }
-
-    fn load_training_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
-        self.load_model_state(named)?;
-        self.adam.load_state(named, "adam.")
-    }
-
-    fn model_state(&self) -> Vec<(String, Tensor)> {
-        self.params.named("params.")
-    }
-
-    fn load_model_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
-        self.params.load_named(named, "params.")
     }
 }

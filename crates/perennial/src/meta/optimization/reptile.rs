@@ -17,7 +17,7 @@ use tch::{Device, Tensor};
 use crate::error::{Error, Result};
 use crate::meta::optimization::fastnet::{FastNet, FastNetConfig};
 use crate::meta::optimization::maml::FineTuned;
-use crate::meta::{Adapted, MetaLearner, StepReport};
+use crate::meta::{Adapted, MetaLearner, Parts, PartsMut, StepReport};
 use crate::nn::ParamSet;
 use crate::tensors::{Batch, Task};
 
@@ -127,6 +127,22 @@ impl Reptile {
 }
 
 impl MetaLearner for Reptile {
+    fn parts(&self) -> Parts<'_> {
+        Parts {
+            params: &self.params,
+            buffers: None,
+            adam: None,
+        }
+    }
+
+    fn parts_mut(&mut self) -> PartsMut<'_> {
+        PartsMut {
+            params: &mut self.params,
+            buffers: None,
+            adam: None,
+        }
+    }
+
     fn name(&self) -> &'static str {
         "reptile"
     }
@@ -196,13 +212,5 @@ impl MetaLearner for Reptile {
             })?;
         self.t = t.1.int64_value(&[0]) as u64;
         Ok(())
-    }
-
-    fn model_state(&self) -> Vec<(String, Tensor)> {
-        self.params.named("params.")
-    }
-
-    fn load_model_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
-        self.params.load_named(named, "params.")
     }
 }

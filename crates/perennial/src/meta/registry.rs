@@ -1,0 +1,240 @@
+//! The algorithm registry: every meta-learner by name, with its family, a default
+//! configuration and a builder.
+//!
+//! Training ([`crate::train`]), evaluation, the command line and the conformance tests
+//! (`tests/conformance.rs`) reach the learners through it, so a learner added here is
+//! built, trained, evaluated and held to the same contract the day it lands: adding an
+//! algorithm is its module plus one entry in [`all`].
+
+use tch::Device;
+
+use crate::checkpoint::{DataConfig, RunConfig, ScheduleConfig};
+use crate::data::omniglot::{Split, SplitScheme};
+use crate::data::EpisodeSpec;
+use crate::error::{Error, Result};
+use crate::lifelong::oml::{Oml, OmlConfig};
+use crate::meta::metric::{ProtoNet, ProtoNetConfig};
+use crate::meta::optimization::maml::{Maml, MamlConfig, MamlVariant};
+use crate::meta::optimization::reptile::{Reptile, ReptileConfig};
+use crate::meta::MetaLearner;
+
+/// The families of the system's taxonomy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    /// Learn an embedding and a distance in which the nearest class is right.
+    Metric,
+    /// Learn an initialisation that fine-tunes fast.
+    Optimization,
+    /// Learn to write a new task into an external memory.
+    Memory,
+    /// Learn a representation for learning online, one example at a time.
+    Lifelong,
+}
+
+/// One registered algorithm.
+#[derive(Debug)]
+pub struct Algorithm {
+    /// Its name, as `perennial train NAME` and a run's `config.toml` spell it.
+    pub name: &'static str,
+    /// Its family.
+    pub family: Family,
+    /// One line on what it is.
+    pub summary: &'static str,
+    /// Fills a run configuration's section for this algorithm with its defaults, for
+    /// episodes of `ways` classes.
+    settings: fn(&mut RunConfig, usize),
+    /// Builds the learner of a run configuration.
+    build: fn(&RunConfig, Device) -> Result<Box<dyn MetaLearner>>,
+}
+
+impl Algorithm {
+    /// A configuration with this algorithm's defaults for Omniglot episodes `episode`
+    /// (the Vinyals split, the data directory of [`crate::data::paths::data_dir`]),
+    /// 1000 updates of one task each, no validation, a checkpoint every 100.
+    pub fn config(&self, episode: EpisodeSpec, seed: u64) -> RunConfig {
+        let mut config = RunConfig {
+            algorithm: self.name.into(),
+            seed,
+            data: DataConfig {
+                dataset: "omniglot".into(),
+                data_dir: crate::data::paths::data_dir(None),
+                splits: SplitScheme::Vinyals,
+                train_split: Split::Train,
+            },
+            train_episode: episode,
+            val_episode: episode,
+            schedule: ScheduleConfig {
+                episodes: 1000,
+                val_every: 0,
+                val_episodes: 100,
+                checkpoint_every: 100,
+                log_every: 50,
+                meta_batch: 1,
+            },
+            protonet: None,
+            maml: None,
+            reptile: None,
+            oml: None,
+            sinusoid: None,
+        };
+        (self.settings)(&mut config, episode.ways);
+        config
+    }
+
+    /// The learner `config` describes (freshly initialised from its seed).
+    pub fn build(&self, config: &RunConfig, device: Device) -> Result<Box<dyn MetaLearner>> {
+        if config.algorithm != self.name {
+            return Err(Error::config(
+                "algorithm",
+                &config.algorithm,
+                format!("this is the builder of {}", self.name),
+            ));
+        }
+        (self.build)(config, device)
+    }
+}
+
+/// A configuration's missing section.
+fn missing(config: &RunConfig, section: &str) -> Error {
+    Error::config(
+        "algorithm",
+        &config.algorithm,
+        format!("the config has no [{section}] section"),
+    )
+}
+
+fn maml_settings(variant: MamlVariant) -> impl Fn(&mut RunConfig, usize) {
+    move |c, ways| {
+        let mut m = MamlConfig {
+            variant,
+            ..MamlConfig::default()
+        };
+        m.net.outputs = ways;
+        c.maml = Some(m);
+    }
+}
+
+fn build_maml(config: &RunConfig, device: Device) -> Result<Box<dyn MetaLearner>> {
+    let m = config.maml.clone().ok_or_else(|| missing(config, "maml"))?;
+    let variant: MamlVariant = config.algorithm.parse()?;
+    if m.variant != variant {
+        return Err(Error::config(
+            "maml.variant",
+            m.variant.name(),
+            format!("does not match algorithm {}", config.algorithm),
+        ));
+    }
+    Ok(Box::new(Maml::new(m, config.seed, device)?))
+}
+
+/// Every registered algorithm.
+pub fn all() -> &'static [Algorithm] {
+    &ALGORITHMS
+}
+
+static ALGORITHMS: [Algorithm; 7] = [
+    Algorithm {
+        name: "protonet",
+        family: Family::Metric,
+        summary:
+            "Prototypical Networks (Snell et al. 2017): nearest class mean in a learned embedding",
+        settings: |c, _| c.protonet = Some(ProtoNetConfig::default()),
+        build: |c, device| {
+            let p = c.protonet.clone().ok_or_else(|| missing(c, "protonet"))?;
+            Ok(Box::new(ProtoNet::new(p, c.seed, device)?))
+        },
+    },
+    Algorithm {
+        name: "maml",
+        family: Family::Optimization,
+        summary: "MAML (Finn et al. 2017) with exact second-order meta-gradients",
+        settings: |c, w| maml_settings(MamlVariant::Maml)(c, w),
+        build: build_maml,
+    },
+    Algorithm {
+        name: "fomaml",
+        family: Family::Optimization,
+        summary: "first-order MAML",
+        settings: |c, w| maml_settings(MamlVariant::Fomaml)(c, w),
+        build: build_maml,
+    },
+    Algorithm {
+        name: "anil",
+        family: Family::Optimization,
+        summary: "ANIL (Raghu et al. 2020): MAML adapting the head alone",
+        settings: |c, w| maml_settings(MamlVariant::Anil)(c, w),
+        build: build_maml,
+    },
+    Algorithm {
+        name: "metasgd",
+        family: Family::Optimization,
+        summary: "Meta-SGD (Li et al. 2017): MAML with a learned rate per parameter",
+        settings: |c, w| maml_settings(MamlVariant::Metasgd)(c, w),
+        build: build_maml,
+    },
+    Algorithm {
+        name: "reptile",
+        family: Family::Optimization,
+        summary: "Reptile (Nichol et al. 2018): move towards the task-fine-tuned weights",
+        settings: |c, ways| {
+            let mut r = ReptileConfig::default();
+            r.net.outputs = ways;
+            c.reptile = Some(r);
+        },
+        build: |c, device| {
+            let r = c.reptile.clone().ok_or_else(|| missing(c, "reptile"))?;
+            Ok(Box::new(Reptile::new(r, c.seed, device)?))
+        },
+    },
+    Algorithm {
+        name: "oml",
+        family: Family::Lifelong,
+        summary: "OML (Javed & White 2019): a representation meta-trained for an online head",
+        settings: |c, _| c.oml = Some(OmlConfig::default()),
+        build: |c, device| {
+            let o = c.oml.clone().ok_or_else(|| missing(c, "oml"))?;
+            Ok(Box::new(Oml::new(o, c.seed, device)?))
+        },
+    },
+];
+
+/// The registered algorithm `name`.
+pub fn find(name: &str) -> Result<&'static Algorithm> {
+    all()
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| Error::config("algorithm", name, format!("known: {}", names().join(", "))))
+}
+
+/// The registered names, in order.
+pub fn names() -> Vec<&'static str> {
+    all().iter().map(|a| a.name).collect()
+}
+
+/// The learner of a run configuration: [`find`] its algorithm, then build.
+pub fn build(config: &RunConfig, device: Device) -> Result<Box<dyn MetaLearner>> {
+    find(&config.algorithm)?.build(config, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_algorithm_builds_from_its_default_config_under_its_name() {
+        let mut seen = std::collections::HashSet::new();
+        for a in all() {
+            assert!(seen.insert(a.name), "{} twice", a.name);
+            let c = a.config(EpisodeSpec::new(5, 1, 2), 3);
+            let learner = a.build(&c, Device::Cpu).unwrap();
+            assert_eq!(learner.name(), a.name);
+            assert_eq!(find(a.name).unwrap().name, a.name);
+            assert_eq!(c.fixed_ways().unwrap_or(5), 5);
+        }
+        let err = find("nope").unwrap_err().to_string();
+        assert!(err.contains("protonet") && err.contains("oml"), "{err}");
+        let c = find("maml").unwrap().config(EpisodeSpec::new(5, 1, 2), 0);
+        assert!(find("protonet").unwrap().build(&c, Device::Cpu).is_err());
+    }
+}
