@@ -1109,8 +1109,8 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
     };
     bad(&["--strategy", "perennial"], &["needs --encoder"]);
     bad(
-        &["--strategy", "er", "--encoder", encoder],
-        &["MNIST streams"],
+        &["--strategy", "dropout", "--encoder", encoder],
+        &["--strategy", "perennial"],
     );
     bad(&["--strategy", "oml", "--encoder", encoder], &["train oml"]);
     bad(
@@ -1287,7 +1287,8 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
         &["--consolidate-jitter", "at most 7"],
     );
     // OML: a representation meta-trained for its online head, then the head on it;
-    // La-MAML's head runs on either encoder.
+    // La-MAML's and experience replay's heads (every strategy of the MNIST streams runs
+    // here too, on the encoder's features) run on either encoder.
     let oml = dir.path().join("oml");
     let mut t = bin();
     t.args([
@@ -1312,7 +1313,7 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
     .arg(&oml);
     let o = run(&mut t);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for (name, enc) in [("oml", &oml), ("lamaml", &enc)] {
+    for (name, enc) in [("oml", &oml), ("lamaml", &enc), ("er", &oml)] {
         let out = dir.path().join(name);
         let enc = enc.to_str().unwrap();
         let o = run(&mut args(

@@ -4,13 +4,10 @@ use std::sync::Arc;
 
 use perennial::data::mnist::Mnist;
 use perennial::data::stream::{Scenario, Stream, StreamName, StreamSpec};
-use perennial::lifelong::class_stream::{
-    run_class_stream, ClassImages, ClassLearner, ClassRunRecord,
-};
 use perennial::lifelong::encoder::Identity;
 use perennial::lifelong::{
-    run_stream, Agem, Checkpoints, Classifier, Ewc, Joint, LaMaml, LaMamlConfig, Mer, MerConfig,
-    Naive, Replay, RunRecord, RunSettings, Strategy,
+    run as run_loop, Agem, Checkpoints, ClassImages, Classifier, Ewc, Joint, LaMaml, LaMamlConfig,
+    Learner, Mer, MerConfig, ModelLearner, Naive, Replay, RunRecord, RunSettings, Strategy,
 };
 
 fn split_mnist(scenario: Scenario) -> Option<Stream> {
@@ -36,24 +33,29 @@ const SETTINGS: RunSettings = RunSettings {
     test_examples: None,
 };
 
-fn record(strategy: &mut dyn Strategy, stream: &Stream) -> RunRecord {
+/// GEM's MLP trained by `strategy`.
+fn mlp(strategy: Box<dyn Strategy>, seed: u64) -> ModelLearner {
+    let model = Classifier::new(&[784, 100, 100, 10], 0.1, seed).unwrap();
+    ModelLearner::new(model, strategy)
+}
+
+fn record(strategy: Box<dyn Strategy>, stream: &Stream) -> RunRecord {
     let t0 = std::time::Instant::now();
-    let mut model = Classifier::new(&[784, 100, 100, 10], 0.1, 7).unwrap();
-    let r = run_stream(
-        strategy,
-        &mut model,
+    let mut learner = mlp(strategy, 7);
+    let r = run_loop(
+        &mut learner,
         stream,
         &SETTINGS,
         RunRecord::default(),
-        &mut |_, _, _| Ok(()),
+        &mut |_, _| Ok(()),
         &mut |_, _, _| {},
     )
     .unwrap();
-    eprintln!("{} ran in {:?}", strategy.name(), t0.elapsed());
+    eprintln!("{} ran in {:?}", learner.name(), t0.elapsed());
     r
 }
 
-fn run(strategy: &mut dyn Strategy, stream: &Stream) -> perennial::lifelong::AccuracyMatrix {
+fn run(strategy: Box<dyn Strategy>, stream: &Stream) -> perennial::lifelong::AccuracyMatrix {
     record(strategy, stream).matrix().unwrap()
 }
 
@@ -64,8 +66,8 @@ fn replay_beats_naive_fine_tuning_on_class_incremental_split_mnist() {
     let Some(stream) = split_mnist(Scenario::ClassIncremental) else {
         return;
     };
-    let naive = run(&mut Naive, &stream);
-    let er = run(&mut Replay::new(200, 1).unwrap(), &stream);
+    let naive = run(Box::new(Naive), &stream);
+    let er = run(Box::new(Replay::new(200, 1).unwrap()), &stream);
     let (n, e) = (naive.metrics(), er.metrics());
     eprintln!("naive {n:?}\ner {e:?}");
     // Naive: the last task is learnt, the others are gone.
@@ -83,7 +85,7 @@ fn replay_beats_naive_fine_tuning_on_class_incremental_split_mnist() {
         assert!(b < 0.45, "{b}");
     }
     // Same seeds, same matrix.
-    assert_eq!(run(&mut Replay::new(200, 1).unwrap(), &stream), er);
+    assert_eq!(run(Box::new(Replay::new(200, 1).unwrap()), &stream), er);
 }
 
 /// Task-incremental: with the task known, even naive fine-tuning keeps most of each
@@ -93,7 +95,7 @@ fn task_incremental_split_mnist_is_easy_for_naive() {
     let Some(stream) = split_mnist(Scenario::TaskIncremental) else {
         return;
     };
-    let m = run(&mut Naive, &stream).metrics();
+    let m = run(Box::new(Naive), &stream).metrics();
     assert!(m.acc > 0.8, "{m:?}");
 }
 
@@ -127,9 +129,9 @@ fn permuted(tasks: usize) -> Option<Stream> {
 #[test]
 fn ewc_agem_mer_and_lamaml_forget_less_than_naive_on_permuted_mnist() {
     let Some(stream) = permuted(5) else { return };
-    let n = run(&mut Naive, &stream).metrics();
-    let e = run(&mut Ewc::new(100.0, 10).unwrap(), &stream).metrics();
-    let a = run(&mut Agem::new(250, 256, 1).unwrap(), &stream).metrics();
+    let n = run(Box::new(Naive), &stream).metrics();
+    let e = run(Box::new(Ewc::new(100.0, 10).unwrap()), &stream).metrics();
+    let a = run(Box::new(Agem::new(250, 256, 1).unwrap()), &stream).metrics();
     let mer = MerConfig {
         capacity: 200,
         replay: 10,
@@ -137,12 +139,12 @@ fn ewc_agem_mer_and_lamaml_forget_less_than_naive_on_permuted_mnist() {
         beta: 0.1,
         gamma: 1.0,
     };
-    let m = run(&mut Mer::new(mer, 1).unwrap(), &stream).metrics();
+    let m = run(Box::new(Mer::new(mer, 1).unwrap()), &stream).metrics();
     let lamaml = LaMamlConfig {
         glances: 3,
         ..LaMamlConfig::default()
     };
-    let l = run(&mut LaMaml::new(lamaml, 1).unwrap(), &stream).metrics();
+    let l = run(Box::new(LaMaml::new(lamaml, 1).unwrap()), &stream).metrics();
     eprintln!("naive {n:?}\newc {e:?}\nagem {a:?}\nmer {m:?}\nlamaml {l:?}");
     for (name, m) in [("ewc", e), ("agem", a), ("mer", m), ("lamaml", l)] {
         assert!(
@@ -182,8 +184,8 @@ fn joint_training_is_the_upper_bound_on_class_incremental_split_mnist() {
     let Some(stream) = split_mnist(Scenario::ClassIncremental) else {
         return;
     };
-    let n = run(&mut Naive, &stream).metrics();
-    let j = run(&mut Joint::new(1), &stream).metrics();
+    let n = run(Box::new(Naive), &stream).metrics();
+    let j = run(Box::new(Joint::new(1)), &stream).metrics();
     eprintln!("naive {n:?}\njoint {j:?}");
     assert!(j.acc > 0.85, "{j:?}");
     assert!(j.acc > n.acc + 0.5, "joint {j:?} naive {n:?}");
@@ -197,7 +199,7 @@ fn learning_speed_is_measured_at_batch_boundaries() {
     let Some(stream) = split_mnist(Scenario::ClassIncremental) else {
         return;
     };
-    let r = record(&mut Naive, &stream);
+    let r = record(Box::new(Naive), &stream);
     assert_eq!(r.speed.len(), 5);
     for (t, s) in r.speed.iter().enumerate() {
         let asked: Vec<usize> = s.iter().map(|p| p.asked).collect();
@@ -262,19 +264,17 @@ fn a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one() {
     ];
     let config = serde_json::json!({"test": "resume"});
     for (name, make) in makers {
-        let straight = record(make().as_mut(), &stream);
+        let straight = record(make(), &stream);
         let dir = tempfile::tempdir().unwrap();
         let ck = Checkpoints::new(dir.path());
-        let mut model = Classifier::new(&[784, 100, 100, 10], 0.1, 7).unwrap();
-        let mut strategy = make();
-        let stopped = run_stream(
-            strategy.as_mut(),
-            &mut model,
+        let mut learner = mlp(make(), 7);
+        let stopped = run_loop(
+            &mut learner,
             &stream,
             &SETTINGS,
             RunRecord::default(),
-            &mut |r, m, s| {
-                ck.save(&config, r, m, s)?;
+            &mut |r, l| {
+                ck.save(&config, r, l)?;
                 if r.tasks_done() == 2 {
                     return Err(perennial::error::Error::config("kill", 2, "simulated"));
                 }
@@ -283,17 +283,15 @@ fn a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one() {
             &mut |_, _, _| {},
         );
         assert!(stopped.is_err());
-        let mut model = Classifier::new(&[784, 100, 100, 10], 0.1, 99).unwrap();
-        let mut strategy = make();
-        let restored = ck.restore(&config, &mut model, strategy.as_mut()).unwrap();
+        let mut learner = mlp(make(), 99);
+        let restored = ck.restore(&config, &mut learner).unwrap();
         assert_eq!(restored.record.tasks_done(), 2, "{name}");
-        let mut resumed = run_stream(
-            strategy.as_mut(),
-            &mut model,
+        let mut resumed = run_loop(
+            &mut learner,
             &stream,
             &SETTINGS,
             restored.record,
-            &mut |_, _, _| Ok(()),
+            &mut |_, _| Ok(()),
             &mut |_, _, _| {},
         )
         .unwrap();
@@ -301,11 +299,7 @@ fn a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one() {
         assert_eq!(resumed, straight, "{name}");
         // Another configuration is refused, naming what differs.
         let err = ck
-            .restore(
-                &serde_json::json!({"test": "other"}),
-                &mut model,
-                strategy.as_mut(),
-            )
+            .restore(&serde_json::json!({"test": "other"}), &mut learner)
             .unwrap_err()
             .to_string();
         assert!(err.contains("test"), "{err}");
@@ -317,24 +311,35 @@ fn identity() -> perennial::lifelong::Encoding {
     perennial::lifelong::Encoding::new(Box::new(Identity), 0).unwrap()
 }
 
-/// The class stream over classes given as features `[n, d]`.
+/// The class stream over classes given as features `[n, d]`, one example at a time.
 fn run_features(
-    learner: &mut dyn ClassLearner,
+    learner: &mut dyn Learner,
     train: &[tch::Tensor],
     test: &[tch::Tensor],
-) -> ClassRunRecord {
+) -> RunRecord {
     let images = ClassImages {
         train: train.iter().map(tch::Tensor::shallow_clone).collect(),
         test: test.iter().map(tch::Tensor::shallow_clone).collect(),
     };
-    run_class_stream(
+    let one = RunSettings {
+        batch: 1,
+        test_examples: None,
+    };
+    run_loop(
         learner,
         &images,
-        ClassRunRecord::default(),
+        &one,
+        RunRecord::default(),
         &mut |_, _| Ok(()),
-        &mut |_, _| {},
+        &mut |_, _, _| {},
     )
     .unwrap()
+}
+
+/// A naive online softmax head (zero at the start) on features of width `dim`.
+fn online_head(dim: usize, classes: usize, lr: f64) -> ModelLearner {
+    let model = Classifier::linear_zero(dim, classes, lr).unwrap();
+    ModelLearner::on_features(identity(), model, Box::new(Naive))
 }
 
 /// The Omniglot class-incremental protocol on 60 evaluation characters, with an
@@ -346,7 +351,6 @@ fn prototype_memory_keeps_old_classes_where_an_online_head_forgets() {
     use perennial::data::classinc::{ClassStream, ClassStreamSpec};
     use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
     use perennial::data::stream::Part;
-    use perennial::lifelong::heads::OnlineHead;
     use perennial::lifelong::{ConsolidationPolicy, LearnerConfig, LifelongLearner};
     use perennial::meta::metric::{ProtoNet, ProtoNetConfig};
     use tch::Tensor;
@@ -380,7 +384,7 @@ fn prototype_memory_keeps_old_classes_where_an_online_head_forgets() {
         .with_policy(ConsolidationPolicy::never());
     let mut memory = LifelongLearner::new(Box::new(Identity), config).unwrap();
     let p = run_features(&mut memory, &train, &test);
-    let mut head = OnlineHead::new(identity(), dim, 60, 0.01).unwrap();
+    let mut head = online_head(dim, 60, 0.01);
     let h = run_features(&mut head, &train, &test);
     let (pm, hm) = (p.matrix().unwrap().metrics(), h.matrix().unwrap().metrics());
     eprintln!(
@@ -420,7 +424,6 @@ fn oml_meta_training_makes_an_online_head_remember() {
     use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
     use perennial::data::stream::Part;
     use perennial::data::{EpisodeSampler, EpisodeSpec};
-    use perennial::lifelong::heads::OnlineHead;
     use perennial::lifelong::oml::{Oml, OmlConfig};
     use perennial::meta::MetaLearner;
     use perennial::tensors::Task;
@@ -459,7 +462,7 @@ fn oml_meta_training_makes_an_online_head_remember() {
             let train: Vec<Tensor> = (0..10).map(|c| encode(c, Part::Train)).collect();
             let test: Vec<Tensor> = (0..10).map(|c| encode(c, Part::Test)).collect();
             let dim = train[0].size()[1] as usize;
-            let mut head = OnlineHead::new(identity(), dim, 10, oml.config().inner_lr).unwrap();
+            let mut head = online_head(dim, 10, oml.config().inner_lr);
             let r = run_features(&mut head, &train, &test);
             r.accuracy_at[r.accuracy_at.len() - 1]
         };

@@ -2,7 +2,6 @@
 
 mod adapt;
 mod bench;
-mod classinc;
 mod continual;
 mod download;
 mod eval;

@@ -1,14 +1,11 @@
 //! Checkpoints of a run over a stream, written after the untrained baseline and after
-//! every task, so that a killed run resumes at the next task and ends with the same
-//! accuracy matrix as an uninterrupted one. The class-incremental stream keeps its
-//! checkpoints in the same layout with other tensor groups
-//! ([`super::classinc::save_class_checkpoint`]: `learner-K`, `caller-K`).
+//! tasks, so that a killed run resumes at the next task and ends with the same record
+//! as an uninterrupted one. One format for every learner and stream:
 //!
 //! ```text
-//! RUN_DIR/checkpoint/state.json               the run's config, its record so far,
-//!                                             the strategy's JSON state
-//! RUN_DIR/checkpoint/model-K.safetensors      the classifier after K tasks
-//! RUN_DIR/checkpoint/strategy-K.safetensors   the strategy's tensors after K tasks
+//! RUN_DIR/checkpoint/state.json               format, the run's config, its record so
+//!                                             far, the learner's JSON state
+//! RUN_DIR/checkpoint/learner-K.safetensors    the learner's tensors after K tasks
 //! ```
 //!
 //! The tensors of step `K` are written first under new names, then `state.json` is
@@ -17,18 +14,25 @@
 
 use std::path::{Path, PathBuf};
 
-use super::strategy::{Classifier, RunRecord, Strategy, StrategyState};
+use super::run::{Learner, RunRecord};
+use super::strategy::StrategyState;
 use crate::error::{Error, Result};
 use crate::nn::params::{load_named, save_named};
+
+/// The checkpoint format this version writes and reads.
+pub const FORMAT: u64 = 2;
 
 /// What `state.json` holds.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SavedState {
+    /// The checkpoint format (absent, read as 0, before format 2).
+    #[serde(default)]
+    pub format: u64,
     /// The run's configuration as the caller described it; a resume must match it.
     pub config: serde_json::Value,
     /// Everything measured so far.
     pub record: RunRecord,
-    /// The JSON part of the strategy's state.
+    /// The JSON part of the learner's state.
     pub strategy: serde_json::Value,
 }
 
@@ -66,45 +70,48 @@ impl Checkpoints {
     }
 
     /// Writes the checkpoint after `record.tasks_done()` tasks.
+    /// Writes the checkpoint after `record.tasks_done()` tasks: the learner's state and
+    /// the record.
     pub fn save(
         &self,
         config: &serde_json::Value,
         record: &RunRecord,
-        model: &Classifier,
-        strategy: &dyn Strategy,
+        learner: &dyn Learner,
     ) -> Result<()> {
-        let state = strategy.state();
+        let state = learner.state();
         let saved = SavedState {
+            format: FORMAT,
             config: config.clone(),
             record: record.clone(),
             strategy: state.meta,
         };
-        self.write_step(
-            record.tasks_done(),
-            &[
-                ("model", model.params.named("")),
-                ("strategy", state.tensors),
-            ],
-            &saved,
-        )
+        self.write_step(record.tasks_done(), &[("learner", state.tensors)], &saved)
     }
 
-    /// Reads the checkpoint and restores `model` and `strategy` to it. `config` is the
-    /// configuration of the run asked for: a checkpoint of another configuration is
-    /// refused, naming the first setting that differs.
+    /// Reads the checkpoint, checks it was written for `config`, and restores `learner`
+    /// to it.
     pub fn restore(
         &self,
         config: &serde_json::Value,
-        model: &mut Classifier,
-        strategy: &mut dyn Strategy,
+        learner: &mut dyn Learner,
     ) -> Result<Restored> {
         let saved: SavedState = self.read_state()?;
+        if saved.format != FORMAT {
+            return Err(Error::run(
+                self.state_path(),
+                format!(
+                    "a checkpoint of format {} (this Perennial, {}, reads format {FORMAT}, \
+                     written since one continual loop serves every stream); start the run \
+                     afresh in another --out",
+                    saved.format,
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
         self.check_config(&saved.config, config)?;
         let k = saved.record.tasks_done();
-        let named = self.read_group("model", k)?;
-        model.params.load_named(&named, "")?;
-        strategy.restore(StrategyState {
-            tensors: self.read_group("strategy", k)?,
+        learner.restore(StrategyState {
+            tensors: self.read_group("learner", k)?,
             meta: saved.strategy,
         })?;
         Ok(Restored {

@@ -22,8 +22,8 @@ use std::ops::Range;
 
 use tch::{Kind, Tensor};
 
+use super::run::View;
 use super::strategy::{task_loss, Classifier, Groups, Strategy, StrategyState};
-use crate::data::stream::Stream;
 use crate::data::Rng;
 use crate::error::{Error, Result};
 use crate::nn::ParamSet;
@@ -252,12 +252,11 @@ impl Strategy for LaMaml {
     fn observe(
         &mut self,
         model: &mut Classifier,
-        stream: &Stream,
+        data: &View<'_>,
         task: usize,
         range: Range<usize>,
     ) -> Result<f64> {
-        let value =
-            tch::no_grad(|| task_loss(model, stream, task, range.clone())).double_value(&[]);
+        let value = tch::no_grad(|| task_loss(model, data, task, range.clone())).double_value(&[]);
         if let Some(alphas) = self.pending.take() {
             self.look = Some(LookAhead::from_alphas(&model.params, alphas, &self.config)?);
         }
@@ -267,14 +266,14 @@ impl Strategy for LaMaml {
         let incoming: Vec<(usize, usize)> = range.clone().map(|i| (task, i)).collect();
         let singles: Vec<Groups> = incoming
             .iter()
-            .map(|item| Groups::new(stream, std::slice::from_ref(item)))
+            .map(|item| Groups::new(data, std::slice::from_ref(item)))
             .collect();
         for _ in 0..self.config.glances {
             let mut order: Vec<usize> = (0..singles.len()).collect();
             self.rng.shuffle(&mut order);
             let mut meta_items = incoming.clone();
             meta_items.extend(self.buffer.sample(self.config.replay).into_iter().copied());
-            let meta = Groups::new(stream, &meta_items);
+            let meta = Groups::new(data, &meta_items);
             let m = &*model;
             let v = look.update(
                 &model.params,

@@ -36,6 +36,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -45,7 +46,10 @@ use super::consolidate::{consolidate, ConsolidationConfig};
 use super::encoder::{self, Encoder, EncoderSpec, Encoding};
 use super::policy::{ConsolidationPolicy, Due, PolicyState};
 use super::prototypes::{indexed, PrototypeMemory};
+use super::run::{Learner, View};
+use super::strategy::StrategyState;
 use crate::data::rng::streams;
+use crate::data::stream::Part;
 use crate::data::Rng;
 use crate::error::{Error, Result};
 use crate::nn::params::{load_named, save_named};
@@ -317,16 +321,21 @@ impl LifelongLearner {
         &self.memory
     }
 
-    /// Reads image files (PNG, JPEG, ...; any size, converted as Omniglot's are: grey
-    /// levels to ink, resized to the learner's side) into a batch `[n, 1, side, side]`.
-    pub fn read_images(&self, paths: &[&Path]) -> Result<Tensor> {
-        let side = self.image_side().ok_or_else(|| {
+    /// The image side, or an error for an encoder of features.
+    fn side(&self) -> Result<usize> {
+        self.image_side().ok_or_else(|| {
             Error::config(
                 "encoder",
                 self.encoder().algorithm(),
                 "does not take images",
             )
-        })?;
+        })
+    }
+
+    /// Reads image files (PNG, JPEG, ...; any size, converted as Omniglot's are: grey
+    /// levels to ink, resized to the learner's side) into a batch `[n, 1, side, side]`.
+    pub fn read_images(&self, paths: &[&Path]) -> Result<Tensor> {
+        let side = self.side()?;
         let mut pixels = Vec::with_capacity(paths.len() * side * side);
         for p in paths {
             pixels.extend(crate::data::folder::load_image(p, side)?);
@@ -337,13 +346,7 @@ impl LifelongLearner {
     /// A batch `[n, 1, side, side]` of images given as their pixels, image after image
     /// (ink 1, paper 0).
     pub fn images(&self, pixels: &[f32]) -> Result<Tensor> {
-        let side = self.image_side().ok_or_else(|| {
-            Error::config(
-                "encoder",
-                self.encoder().algorithm(),
-                "does not take images",
-            )
-        })?;
+        let side = self.side()?;
         let per = side * side;
         if pixels.is_empty() || pixels.len() % per != 0 {
             return Err(Error::config(
@@ -951,16 +954,80 @@ fn sync_dir(path: &Path) -> Result<()> {
         .map_err(|e| Error::run(path, e.to_string()))
 }
 
+/// The lifelong learner in the continual loop: class `c` of a class stream is
+/// labelled `"c"`, and its policy is asked after every task whether to consolidate.
+impl Learner for LifelongLearner {
+    fn name(&self) -> &'static str {
+        "perennial"
+    }
+
+    fn encodes(&self) -> bool {
+        true
+    }
+
+    fn encode(&self, x: &Tensor) -> Tensor {
+        LifelongLearner::encode(self, x)
+    }
+
+    fn version(&self) -> u64 {
+        LifelongLearner::version(self)
+    }
+
+    fn observe(&mut self, data: &View<'_>, task: usize, range: Range<usize>) -> Result<f64> {
+        let (features, labels) = data.batch(task, Part::Train, range.clone());
+        let inputs = data.inputs(task, Part::Train, range);
+        let labels: Vec<i64> = Vec::try_from(labels).map_err(Error::Torch)?;
+        for (i, &label) in labels.iter().enumerate() {
+            let i = i as i64;
+            self.learn_encoded(
+                &label.to_string(),
+                &features.narrow(0, i, 1),
+                &inputs.narrow(0, i, 1),
+            )?;
+        }
+        Ok(0.0)
+    }
+
+    fn after_task(&mut self, _data: &View<'_>, _task: usize) -> Result<()> {
+        self.maybe_consolidate()?;
+        Ok(())
+    }
+
+    /// Scores of the classes known, in the order they were first taught (the mask is
+    /// the classes known already).
+    fn scores(&self, features: &Tensor, _mask: Option<&[usize]>) -> Tensor {
+        LifelongLearner::scores(self, features)
+    }
+
+    fn unknown(&self, features: &Tensor) -> Option<Tensor> {
+        Some(LifelongLearner::unknown(self, features))
+    }
+
+    fn consolidations(&self) -> Vec<ConsolidationRecord> {
+        self.log.clone()
+    }
+
+    fn state(&self) -> StrategyState {
+        let (tensors, meta) = LifelongLearner::state(self);
+        StrategyState { tensors, meta }
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        *self = LifelongLearner::from_state(&state.tensors, &state.meta)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifelong::class_stream::tests::{consolidating, image_classes};
     use crate::lifelong::encoder::Identity;
     use crate::lifelong::policy::RateTrigger;
+    use crate::lifelong::run::tests::{consolidating, image_classes};
 
     /// A learner on a random ProtoNet, consolidating every 2 new classes, taught the
     /// first `classes` classes of a synthetic image stream.
-    fn taught(classes: usize) -> (LifelongLearner, crate::lifelong::class_stream::ClassImages) {
+    fn taught(classes: usize) -> (LifelongLearner, crate::lifelong::run::ClassImages) {
         let images = image_classes(4, 9);
         let mut l = consolidating(2, Distance::SquaredEuclidean);
         for c in 0..classes {

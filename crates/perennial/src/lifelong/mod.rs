@@ -11,32 +11,34 @@
 //! * [`policy`]: when the learner consolidates.
 //! * [`consolidate`]: meta-consolidation of the encoder on replayed classes.
 //!
-//! The streams and their strategies:
-//! * [`class_stream`]: class-incremental learning one class at a time (the Omniglot
-//!   protocol of OML and ANML), for every [`class_stream::ClassLearner`].
-//! * [`heads`]: the online softmax heads of that stream (naive, OML, La-MAML).
-//! * [`oml`]: OML's representation, meta-trained for an online head.
-//! * [`strategy`]: the classifier a strategy trains on an MNIST stream, the
-//!   [`Strategy`] interface with naive fine-tuning, joint training and experience
-//!   replay, and [`run_stream`], which fills the accuracy matrix.
+//! The one continual loop and its strategies:
+//! * [`run`]: the [`TaskStream`] every stream is (the MNIST streams and the Omniglot
+//!   class stream), the [`Learner`] vocabulary every learner speaks, the loop
+//!   [`run::run`] and its [`RunRecord`].
+//! * [`strategy`]: strategies that train a classifier (naive fine-tuning, joint
+//!   training, experience replay), the [`Strategy`] interface, and [`ModelLearner`],
+//!   which runs any of them on any stream (on a frozen encoder's features for the class
+//!   stream).
 //! * [`strategies`]: EWC, A-GEM and MER; [`lamaml`]: La-MAML's look-ahead update.
+//! * [`registry`]: every continual learner by name, with what it runs on.
+//! * [`oml`]: OML's representation, meta-trained for an online head.
 //! * [`metrics`]: average accuracy, backward and forward transfer (GEM's definitions),
 //!   forgetting and learning speed, from one accuracy matrix.
 //! * [`reservoir`]: a reservoir-sampling buffer, the memory of experience replay.
 //! * [`checkpoint`]: checkpoints between tasks, so a killed run resumes.
 
 pub mod checkpoint;
-pub mod class_stream;
 pub mod consolidate;
 pub mod encoder;
-pub mod heads;
 pub mod lamaml;
 pub mod learner;
 pub mod metrics;
 pub mod oml;
 pub mod policy;
 pub mod prototypes;
+pub mod registry;
 pub mod reservoir;
+pub mod run;
 pub mod strategies;
 pub mod strategy;
 
@@ -51,8 +53,9 @@ pub use metrics::{AccuracyMatrix, Metrics};
 pub use policy::{ConsolidationPolicy, Due, RateTrigger};
 pub use prototypes::PrototypeMemory;
 pub use reservoir::Reservoir;
-pub use strategies::{Agem, Ewc, Mer, MerConfig};
-pub use strategy::{
-    run_stream, Classifier, Joint, Naive, Replay, RunRecord, RunSettings, SpeedPoint, Strategy,
-    StrategyState, SPEED_POINTS,
+pub use run::{
+    run, ClassImages, Learner, Protocol, RunRecord, RunSettings, SpeedPoint, TaskStream,
+    UnknownRates, View, SPEED_POINTS,
 };
+pub use strategies::{Agem, Ewc, Mer, MerConfig};
+pub use strategy::{Classifier, Joint, ModelLearner, Naive, Replay, Strategy, StrategyState};

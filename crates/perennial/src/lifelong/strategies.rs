@@ -4,8 +4,9 @@ use std::ops::Range;
 
 use tch::{Kind, Tensor};
 
+use super::run::View;
 use super::strategy::{memory_loss, task_loss, Classifier, Strategy, StrategyState};
-use crate::data::stream::{Part, Stream};
+use crate::data::stream::Part;
 use crate::data::Rng;
 use crate::error::{Error, Result};
 
@@ -59,11 +60,11 @@ impl Strategy for Ewc {
     fn observe(
         &mut self,
         model: &mut Classifier,
-        stream: &Stream,
+        data: &View<'_>,
         task: usize,
         range: Range<usize>,
     ) -> Result<f64> {
-        let loss = task_loss(model, stream, task, range);
+        let loss = task_loss(model, data, task, range);
         let value = loss.double_value(&[]);
         let total = match self.penalty(model) {
             Some(p) => loss + p * self.lambda,
@@ -73,8 +74,8 @@ impl Strategy for Ewc {
         Ok(value)
     }
 
-    fn after_task(&mut self, model: &mut Classifier, stream: &Stream, task: usize) -> Result<()> {
-        let n = stream.examples(task, Part::Train);
+    fn after_task(&mut self, model: &mut Classifier, data: &View<'_>, task: usize) -> Result<()> {
+        let n = data.examples(task, Part::Train);
         let mut fisher: Vec<Tensor> = model
             .params
             .tensors()
@@ -84,7 +85,7 @@ impl Strategy for Ewc {
         let batches = n.div_ceil(self.fisher_batch);
         for b in 0..batches {
             let range = b * self.fisher_batch..((b + 1) * self.fisher_batch).min(n);
-            let grads = model.gradients(&task_loss(model, stream, task, range));
+            let grads = model.gradients(&task_loss(model, data, task, range));
             for (f, g) in fisher.iter_mut().zip(&grads) {
                 *f += g.square();
             }
@@ -204,11 +205,11 @@ impl Strategy for Agem {
     fn observe(
         &mut self,
         model: &mut Classifier,
-        stream: &Stream,
+        data: &View<'_>,
         task: usize,
         range: Range<usize>,
     ) -> Result<f64> {
-        let loss = task_loss(model, stream, task, range);
+        let loss = task_loss(model, data, task, range);
         let value = loss.double_value(&[]);
         let mut g = model.gradients(&loss);
         let k = self.sample.min(self.memory.len());
@@ -218,7 +219,7 @@ impl Strategy for Agem {
             .into_iter()
             .map(|i| self.memory[i])
             .collect();
-        if let Some(ref_loss) = memory_loss(model, stream, &picked) {
+        if let Some(ref_loss) = memory_loss(model, data, &picked) {
             let g_ref = model.gradients(&ref_loss);
             let (gr, rr) = (dot(&g, &g_ref), dot(&g_ref, &g_ref));
             if gr < 0.0 && rr > 0.0 {
@@ -230,8 +231,8 @@ impl Strategy for Agem {
         Ok(value)
     }
 
-    fn after_task(&mut self, _model: &mut Classifier, stream: &Stream, task: usize) -> Result<()> {
-        let n = stream.examples(task, Part::Train);
+    fn after_task(&mut self, _model: &mut Classifier, data: &View<'_>, task: usize) -> Result<()> {
+        let n = data.examples(task, Part::Train);
         let k = self.per_task.min(n);
         let mut picked = self.rng.choose_distinct(n, k);
         picked.sort_unstable();
@@ -341,12 +342,11 @@ impl Strategy for Mer {
     fn observe(
         &mut self,
         model: &mut Classifier,
-        stream: &Stream,
+        data: &View<'_>,
         task: usize,
         range: Range<usize>,
     ) -> Result<f64> {
-        let value =
-            tch::no_grad(|| task_loss(model, stream, task, range.clone())).double_value(&[]);
+        let value = tch::no_grad(|| task_loss(model, data, task, range.clone())).double_value(&[]);
         let start = snapshot(model);
         for _ in 0..self.batches {
             let within = snapshot(model);
@@ -354,7 +354,7 @@ impl Strategy for Mer {
             items.extend(self.buffer.sample(self.replay).into_iter().copied());
             self.rng.shuffle(&mut items);
             for item in &items {
-                if let Some(loss) = memory_loss(model, stream, std::slice::from_ref(item)) {
+                if let Some(loss) = memory_loss(model, data, std::slice::from_ref(item)) {
                     let v = model.sgd_step(&loss);
                     if !v.is_finite() {
                         return Ok(v);

@@ -1,17 +1,20 @@
-//! The network a continual strategy trains, the strategy interface, and the loop that
-//! runs a strategy over a stream and fills the accuracy matrix.
+//! Strategies that train a classifier: the [`Strategy`] interface, its [`Classifier`],
+//! and [`ModelLearner`], which makes any strategy a [`Learner`] of the one continual
+//! loop ([`super::run`]), on a stream's inputs (an MLP over MNIST pixels) or on the
+//! features of a frozen meta-learned encoder (a linear head over the Omniglot class
+//! stream's embeddings).
 //!
-//! The loop follows GEM's protocol: tasks arrive in order, each task's training
-//! examples are seen once, in mini-batches, and after each task the model is tested on
-//! every task of the stream (seen or not), which gives row `i` of the accuracy matrix.
-//! The untrained model's accuracies are the baseline for forward transfer.
+//! The strategies here (naive fine-tuning, joint training, experience replay) and in
+//! [`super::strategies`] (EWC, A-GEM, MER) and [`super::lamaml`] (La-MAML) are each
+//! written once and run on every stream.
 
 use std::ops::Range;
 
 use tch::{Device, Kind, Tensor};
 
-use super::metrics::AccuracyMatrix;
-use crate::data::stream::{Part, Stream};
+use super::encoder::Encoding;
+use super::run::{Learner, View};
+use crate::data::stream::Part;
 use crate::error::{Error, Result};
 use crate::nn::{Backbone, Mlp, ParamSet};
 
@@ -49,14 +52,22 @@ impl Classifier {
         Ok(Classifier { net, params, lr })
     }
 
-    /// The logits of `x` (`[n, 784]`); classes outside `mask` (when given) get −∞, so
-    /// the model chooses among the task's classes only.
-    pub fn logits(&self, x: &Tensor, mask: Option<&[u8]>) -> Tensor {
+    /// A linear classifier `[dim] → [classes]` whose weights start at zero, as OML's
+    /// online head does at meta-test time.
+    pub fn linear_zero(dim: usize, classes: usize, lr: f64) -> Result<Self> {
+        let mut c = Classifier::new(&[dim, classes], lr, 0)?;
+        c.params = c.params.map(|_, t| t.zeros_like().set_requires_grad(true));
+        Ok(c)
+    }
+
+    /// The logits of `x` (`[n, d]`); classes outside `mask` (when given) get −∞, so
+    /// the model chooses among the task's classes (or the classes known) only.
+    pub fn logits(&self, x: &Tensor, mask: Option<&[usize]>) -> Tensor {
         self.logits_with(&self.params, x, mask)
     }
 
     /// [`Classifier::logits`] under other parameters of the same shapes (fast weights).
-    pub fn logits_with(&self, params: &ParamSet, x: &Tensor, mask: Option<&[u8]>) -> Tensor {
+    pub fn logits_with(&self, params: &ParamSet, x: &Tensor, mask: Option<&[usize]>) -> Tensor {
         let z = self.net.forward(params, None, x, true);
         match mask {
             None => z,
@@ -64,7 +75,7 @@ impl Classifier {
                 let outputs = z.size()[1];
                 let mut keep = vec![f32::NEG_INFINITY; outputs as usize];
                 for &c in classes {
-                    keep[c as usize] = 0.0;
+                    keep[c] = 0.0;
                 }
                 z + Tensor::from_slice(&keep)
             }
@@ -72,12 +83,12 @@ impl Classifier {
     }
 
     /// Mean cross-entropy of a batch.
-    pub fn loss(&self, x: &Tensor, y: &Tensor, mask: Option<&[u8]>) -> Tensor {
+    pub fn loss(&self, x: &Tensor, y: &Tensor, mask: Option<&[usize]>) -> Tensor {
         self.loss_sum(x, y, mask) / y.size()[0] as f64
     }
 
     /// Summed cross-entropy of a batch.
-    pub fn loss_sum(&self, x: &Tensor, y: &Tensor, mask: Option<&[u8]>) -> Tensor {
+    pub fn loss_sum(&self, x: &Tensor, y: &Tensor, mask: Option<&[usize]>) -> Tensor {
         self.loss_sum_with(&self.params, x, y, mask)
     }
 
@@ -87,7 +98,7 @@ impl Classifier {
         params: &ParamSet,
         x: &Tensor,
         y: &Tensor,
-        mask: Option<&[u8]>,
+        mask: Option<&[usize]>,
     ) -> Tensor {
         self.logits_with(params, x, mask)
             .cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Sum, -100, 0.0)
@@ -117,7 +128,7 @@ impl Classifier {
     }
 
     /// Accuracy on a batch.
-    pub fn accuracy(&self, x: &Tensor, y: &Tensor, mask: Option<&[u8]>) -> f64 {
+    pub fn accuracy(&self, x: &Tensor, y: &Tensor, mask: Option<&[usize]>) -> f64 {
         tch::no_grad(|| {
             self.logits(x, mask)
                 .argmax(-1, false)
@@ -129,37 +140,30 @@ impl Classifier {
     }
 }
 
-/// A batch as tensors: `x` `[n, 784]` f32 and `y` `[n]` i64.
-pub fn tensors(x: &[f32], y: &[i64]) -> (Tensor, Tensor) {
-    let n = y.len() as i64;
-    (Tensor::from_slice(x).view([n, -1]), Tensor::from_slice(y))
-}
-
 /// The mean cross-entropy of the training examples `range` of task `task`, under
 /// that task's mask.
-pub fn task_loss(model: &Classifier, stream: &Stream, task: usize, range: Range<usize>) -> Tensor {
-    let (x, y) = stream.batch(task, Part::Train, range);
-    let (x, y) = tensors(&x, &y);
-    model.loss(&x, &y, stream.mask(task))
+pub fn task_loss(model: &Classifier, data: &View<'_>, task: usize, range: Range<usize>) -> Tensor {
+    let (x, y) = data.batch(task, Part::Train, range);
+    model.loss(&x, &y, data.mask(task).as_deref())
 }
 
 /// The mean cross-entropy of stored training examples `(task, position)`, each under
 /// its own task's mask (one forward pass per task); `None` for no example.
 pub fn memory_loss(
     model: &Classifier,
-    stream: &Stream,
+    data: &View<'_>,
     items: &[(usize, usize)],
 ) -> Option<Tensor> {
-    (!items.is_empty()).then(|| Groups::new(stream, items).mean_loss(model, &model.params))
+    (!items.is_empty()).then(|| Groups::new(data, items).mean_loss(model, &model.params))
 }
 
 /// Training examples `(task, position)` gathered once as per-task groups of tensors
 /// (with each task's mask), for losses under any parameters (fast weights).
-pub struct Groups(Vec<(Tensor, Tensor, Option<Vec<u8>>)>, usize);
+pub struct Groups(Vec<(Tensor, Tensor, Option<Vec<usize>>)>, usize);
 
 impl Groups {
     /// The examples `items`, grouped by task.
-    pub fn new(stream: &Stream, items: &[(usize, usize)]) -> Self {
+    pub fn new(data: &View<'_>, items: &[(usize, usize)]) -> Self {
         let mut items = items.to_vec();
         items.sort_unstable();
         let groups = items
@@ -167,9 +171,8 @@ impl Groups {
             .map(|group| {
                 let t = group[0].0;
                 let idx: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
-                let (x, y) = stream.gather(t, Part::Train, &idx);
-                let (x, y) = tensors(&x, &y);
-                (x, y, stream.mask(t).map(<[u8]>::to_vec))
+                let (x, y) = data.gather(t, Part::Train, &idx);
+                (x, y, data.mask(t))
             })
             .collect();
         Groups(groups, items.len())
@@ -188,7 +191,7 @@ impl Groups {
 
 /// A continual-learning strategy: how a model learns from a batch of the current task,
 /// and what it does between tasks. The hooks have no-op defaults.
-pub trait Strategy {
+pub trait Strategy: std::fmt::Debug {
     /// The strategy's name as the CLI spells it.
     fn name(&self) -> &'static str;
 
@@ -196,7 +199,7 @@ pub trait Strategy {
     fn before_task(
         &mut self,
         _model: &mut Classifier,
-        _stream: &Stream,
+        _data: &View<'_>,
         _task: usize,
     ) -> Result<()> {
         Ok(())
@@ -207,7 +210,7 @@ pub trait Strategy {
     fn observe(
         &mut self,
         model: &mut Classifier,
-        stream: &Stream,
+        data: &View<'_>,
         task: usize,
         range: Range<usize>,
     ) -> Result<f64>;
@@ -216,7 +219,7 @@ pub trait Strategy {
     fn after_task(
         &mut self,
         _model: &mut Classifier,
-        _stream: &Stream,
+        _data: &View<'_>,
         _task: usize,
     ) -> Result<()> {
         Ok(())
@@ -285,11 +288,11 @@ impl Strategy for Naive {
     fn observe(
         &mut self,
         model: &mut Classifier,
-        stream: &Stream,
+        data: &View<'_>,
         task: usize,
         range: Range<usize>,
     ) -> Result<f64> {
-        Ok(model.sgd_step(&task_loss(model, stream, task, range)))
+        Ok(model.sgd_step(&task_loss(model, data, task, range)))
     }
 }
 
@@ -330,15 +333,15 @@ impl Strategy for Replay {
     fn observe(
         &mut self,
         model: &mut Classifier,
-        stream: &Stream,
+        data: &View<'_>,
         task: usize,
         range: Range<usize>,
     ) -> Result<f64> {
         let n = range.len();
-        let mut loss = task_loss(model, stream, task, range.clone());
+        let mut loss = task_loss(model, data, task, range.clone());
         // Replayed examples keep their own task's mask.
         let replay: Vec<(usize, usize)> = self.buffer.sample(n).into_iter().copied().collect();
-        if let Some(r) = memory_loss(model, stream, &replay) {
+        if let Some(r) = memory_loss(model, data, &replay) {
             loss = (loss + r) * 0.5;
         }
         let value = model.sgd_step(&loss);
@@ -388,10 +391,10 @@ impl Joint {
         }
     }
 
-    fn ensure_order(&mut self, stream: &Stream) {
+    fn ensure_order(&mut self, data: &View<'_>) {
         if self.order.is_empty() {
-            self.order = (0..stream.len())
-                .flat_map(|t| (0..stream.examples(t, Part::Train)).map(move |i| (t, i)))
+            self.order = (0..data.len())
+                .flat_map(|t| (0..data.examples(t, Part::Train)).map(move |i| (t, i)))
                 .collect();
             crate::data::Rng::for_item(self.seed, crate::data::rng::streams::JOINT_ORDER, 0)
                 .shuffle(&mut self.order);
@@ -407,15 +410,15 @@ impl Strategy for Joint {
     fn observe(
         &mut self,
         model: &mut Classifier,
-        stream: &Stream,
+        data: &View<'_>,
         _task: usize,
         range: Range<usize>,
     ) -> Result<f64> {
-        self.ensure_order(stream);
+        self.ensure_order(data);
         let end = (self.position + range.len()).min(self.order.len());
         let items = &self.order[self.position..end];
         self.position = end;
-        match memory_loss(model, stream, items) {
+        match memory_loss(model, data, items) {
             Some(loss) => Ok(model.sgd_step(&loss)),
             None => Ok(0.0),
         }
@@ -431,176 +434,108 @@ impl Strategy for Joint {
     }
 }
 
-/// Settings of a run over a stream.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RunSettings {
-    /// Training batch size (GEM: 10).
-    pub batch: usize,
-    /// Test examples per task used for the accuracy matrix (`None`: all).
-    pub test_examples: Option<usize>,
+/// Any [`Strategy`] as a [`Learner`] of the continual loop: the classifier it trains,
+/// on the stream's inputs or on the features of a frozen encoder.
+#[derive(Debug)]
+pub struct ModelLearner {
+    name: &'static str,
+    encoding: Option<Encoding>,
+    model: Classifier,
+    strategy: Box<dyn Strategy>,
 }
 
-/// The numbers of training examples after which [`run_stream`] measures each task's
-/// accuracy while learning it (learning speed); the last point is the whole task.
-pub const SPEED_POINTS: [usize; 3] = [0, 1, 5];
-
-/// One learning-speed measurement: the accuracy on a task's test examples after
-/// `seen` of its training examples, the first batch boundary at or past `asked`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SpeedPoint {
-    /// The number of examples asked for (0, 1, 5, or the task's size).
-    pub asked: usize,
-    /// The number of examples actually seen (a whole number of batches).
-    pub seen: usize,
-    /// Accuracy on the task's test examples, in `[0, 1]`.
-    pub accuracy: f64,
-}
-
-/// Everything a run over a stream has measured so far; the state [`run_stream`]
-/// resumes from.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RunRecord {
-    /// The untrained model's accuracy on every task (for forward transfer).
-    pub baseline: Vec<f64>,
-    /// Row `i`: accuracy on every task after training on tasks `0..=i`.
-    pub rows: Vec<Vec<f64>>,
-    /// For every task learnt, its accuracy after 0, 1, 5 and all of its examples.
-    pub speed: Vec<Vec<SpeedPoint>>,
-    /// Seconds spent in training and testing, over all sessions of the run.
-    pub wall_s: f64,
-}
-
-impl RunRecord {
-    /// The tasks learnt so far.
-    pub fn tasks_done(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// The accuracy matrix of a finished run, with its baseline.
-    pub fn matrix(&self) -> Result<AccuracyMatrix> {
-        AccuracyMatrix::new(self.rows.clone(), Some(self.baseline.clone()))
-    }
-
-    /// The mean learning-speed accuracy at each point (0, 1, 5, all examples) over
-    /// the tasks learnt.
-    pub fn mean_speed(&self) -> Vec<f64> {
-        mean_speed(&self.speed)
-    }
-}
-
-/// The mean accuracy at each learning-speed point (0, 1, 5, all examples) over tasks.
-pub fn mean_speed(speed: &[Vec<SpeedPoint>]) -> Vec<f64> {
-    let n = speed.len().max(1) as f64;
-    (0..SPEED_POINTS.len() + 1)
-        .map(|k| {
-            speed
-                .iter()
-                .filter_map(|s| s.get(k))
-                .map(|p| p.accuracy)
-                .sum::<f64>()
-                / n
-        })
-        .collect()
-}
-
-/// Runs `strategy` over `stream` with `model`, from the start (`record` empty) or
-/// from where a checkpointed run stopped (`record`, with the model and the strategy
-/// restored to their state after its last task), and returns the finished record.
-///
-/// After the untrained baseline and after every task, `task_done` gets the record,
-/// the model and the strategy (to write a checkpoint); `progress` is called after every
-/// batch with (task, batches done in it, batches in it).
-pub fn run_stream(
-    strategy: &mut dyn Strategy,
-    model: &mut Classifier,
-    stream: &Stream,
-    settings: &RunSettings,
-    mut record: RunRecord,
-    task_done: &mut dyn FnMut(&RunRecord, &Classifier, &dyn Strategy) -> Result<()>,
-    progress: &mut dyn FnMut(usize, usize, usize),
-) -> Result<RunRecord> {
-    if settings.batch == 0 {
-        return Err(Error::config("--batch", 0, "must be at least 1"));
-    }
-    let tasks = stream.len();
-    if record.rows.len() > tasks
-        || record.speed.len() != record.rows.len()
-        || (!record.rows.is_empty() && record.baseline.len() != tasks)
-    {
-        return Err(Error::config(
-            "run record",
-            format!("{} rows", record.rows.len()),
-            format!("does not fit a stream of {tasks} tasks"),
-        ));
-    }
-    let test_one = |model: &Classifier, j: usize| -> f64 {
-        let n = stream.examples(j, Part::Test);
-        let n = settings.test_examples.map_or(n, |k| k.min(n));
-        let (x, y) = stream.batch(j, Part::Test, 0..n);
-        let (x, y) = tensors(&x, &y);
-        model.accuracy(&x, &y, stream.mask(j))
-    };
-    let test_all =
-        |model: &Classifier| -> Vec<f64> { (0..tasks).map(|j| test_one(model, j)).collect() };
-    let mut clock = std::time::Instant::now();
-    let mut tick = |record: &mut RunRecord| {
-        record.wall_s += clock.elapsed().as_secs_f64();
-        clock = std::time::Instant::now();
-    };
-    if record.rows.is_empty() {
-        record.baseline = test_all(model);
-        tick(&mut record);
-        task_done(&record, model, strategy)?;
-    }
-    for t in record.rows.len()..tasks {
-        strategy.before_task(model, stream, t)?;
-        let n = stream.examples(t, Part::Train);
-        let batches = n.div_ceil(settings.batch);
-        let before = match t {
-            0 => record.baseline[t],
-            _ => record.rows[t - 1][t],
-        };
-        let mut speed = vec![SpeedPoint {
-            asked: 0,
-            seen: 0,
-            accuracy: before,
-        }];
-        for b in 0..batches {
-            let range = b * settings.batch..((b + 1) * settings.batch).min(n);
-            let seen = range.end;
-            let loss = strategy.observe(model, stream, t, range)?;
-            if !loss.is_finite() {
-                return Err(Error::config(
-                    "training",
-                    loss,
-                    format!(
-                        "the loss diverged on task {t}, batch {b}; lower --lr \
-                         (or the strategy's strength, e.g. --ewc-lambda)"
-                    ),
-                ));
-            }
-            // Learning speed: the first batch boundary at or past each point.
-            let due: Vec<usize> = SPEED_POINTS[1..]
-                .iter()
-                .copied()
-                .chain([n])
-                .filter(|&k| seen >= k.min(n) && !speed.iter().any(|p| p.asked == k))
-                .collect();
-            if !due.is_empty() {
-                let accuracy = test_one(model, t);
-                speed.extend(due.into_iter().map(|asked| SpeedPoint {
-                    asked,
-                    seen,
-                    accuracy,
-                }));
-            }
-            progress(t, b + 1, batches);
+impl ModelLearner {
+    /// `strategy` training `model` on the stream's inputs.
+    pub fn new(model: Classifier, strategy: Box<dyn Strategy>) -> Self {
+        ModelLearner {
+            name: strategy.name(),
+            encoding: None,
+            model,
+            strategy,
         }
-        strategy.after_task(model, stream, t)?;
-        record.rows.push(test_all(model));
-        record.speed.push(speed);
-        tick(&mut record);
-        task_done(&record, model, strategy)?;
     }
-    Ok(record)
+
+    /// `strategy` training `model` on the features of `encoding` (which stays frozen).
+    pub fn on_features(encoding: Encoding, model: Classifier, strategy: Box<dyn Strategy>) -> Self {
+        ModelLearner {
+            encoding: Some(encoding),
+            ..ModelLearner::new(model, strategy)
+        }
+    }
+
+    /// The same learner under another name (`oml`: naive SGD on an OML
+    /// representation, OML's meta-test learner).
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// The classifier.
+    pub fn model(&self) -> &Classifier {
+        &self.model
+    }
+}
+
+impl Learner for ModelLearner {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn encodes(&self) -> bool {
+        self.encoding.is_some()
+    }
+
+    fn encode(&self, x: &Tensor) -> Tensor {
+        match &self.encoding {
+            Some(e) => tch::no_grad(|| e.features(x)),
+            None => x.shallow_clone(),
+        }
+    }
+
+    fn before_task(&mut self, data: &View<'_>, task: usize) -> Result<()> {
+        self.strategy.before_task(&mut self.model, data, task)
+    }
+
+    fn observe(&mut self, data: &View<'_>, task: usize, range: Range<usize>) -> Result<f64> {
+        self.strategy.observe(&mut self.model, data, task, range)
+    }
+
+    fn after_task(&mut self, data: &View<'_>, task: usize) -> Result<()> {
+        self.strategy.after_task(&mut self.model, data, task)
+    }
+
+    fn scores(&self, features: &Tensor, mask: Option<&[usize]>) -> Tensor {
+        tch::no_grad(|| self.model.logits(features, mask))
+    }
+
+    fn state(&self) -> StrategyState {
+        let mut state = self.strategy.state();
+        let mut tensors: Vec<(String, Tensor)> = self.model.params.named("model.");
+        tensors.extend(
+            state
+                .tensors
+                .drain(..)
+                .map(|(n, t)| (format!("strategy.{n}"), t)),
+        );
+        StrategyState {
+            tensors,
+            meta: state.meta,
+        }
+    }
+
+    fn restore(&mut self, state: StrategyState) -> Result<()> {
+        self.model.params.load_named(&state.tensors, "model.")?;
+        let tensors = state
+            .tensors
+            .iter()
+            .filter_map(|(n, t)| {
+                n.strip_prefix("strategy.")
+                    .map(|n| (n.to_string(), t.shallow_clone()))
+            })
+            .collect();
+        self.strategy.restore(StrategyState {
+            tensors,
+            meta: state.meta,
+        })
+    }
 }
