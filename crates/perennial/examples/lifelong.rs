@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use perennial::checkpoint::{DataConfig, RunConfig, RunDir, ScheduleConfig};
+use perennial::checkpoint::{AlgorithmConfig, DataConfig, RunConfig, RunDir, ScheduleConfig};
 use perennial::data::classinc::{ClassStream, ClassStreamSpec};
 use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
 use perennial::data::paths;
@@ -194,7 +194,9 @@ fn workspace_target() -> PathBuf {
 fn small_encoder(data: &Path) -> perennial::Result<PathBuf> {
     let dir = workspace_target().join("lifelong-example").join("encoder");
     let config = RunConfig {
-        algorithm: "protonet".into(),
+        algorithm: AlgorithmConfig::Protonet {
+            protonet: ProtoNetConfig::default(),
+        },
         seed: 0,
         data: DataConfig {
             dataset: "omniglot".into(),
@@ -212,10 +214,6 @@ fn small_encoder(data: &Path) -> perennial::Result<PathBuf> {
             log_every: 50,
             meta_batch: 1,
         },
-        protonet: Some(ProtoNetConfig::default()),
-        maml: None,
-        reptile: None,
-        oml: None,
         sinusoid: None,
     };
     let run = if dir.join("config.toml").exists() {

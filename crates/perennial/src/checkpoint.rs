@@ -98,11 +98,142 @@ impl ScheduleConfig {
     }
 }
 
+/// A run's algorithm with its settings: one variant per algorithm of the registry
+/// ([`crate::meta::registry`]), so that a configuration holds its own algorithm's
+/// section and no other. In `config.toml` it reads as it always has:
+/// `algorithm = "maml"` beside a `[maml]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "algorithm", rename_all = "lowercase")]
+pub enum AlgorithmConfig {
+    /// Prototypical Networks.
+    Protonet {
+        /// Its settings.
+        protonet: ProtoNetConfig,
+    },
+    /// MAML with second-order meta-gradients.
+    Maml {
+        /// Its settings.
+        maml: MamlConfig,
+    },
+    /// First-order MAML.
+    Fomaml {
+        /// Its settings.
+        maml: MamlConfig,
+    },
+    /// ANIL.
+    Anil {
+        /// Its settings.
+        maml: MamlConfig,
+    },
+    /// Meta-SGD.
+    Metasgd {
+        /// Its settings.
+        maml: MamlConfig,
+    },
+    /// Reptile.
+    Reptile {
+        /// Its settings.
+        reptile: ReptileConfig,
+    },
+    /// OML.
+    Oml {
+        /// Its settings.
+        oml: OmlConfig,
+    },
+}
+
+impl AlgorithmConfig {
+    /// The algorithm's name, as the registry and `perennial train` spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AlgorithmConfig::Protonet { .. } => "protonet",
+            AlgorithmConfig::Maml { .. } => "maml",
+            AlgorithmConfig::Fomaml { .. } => "fomaml",
+            AlgorithmConfig::Anil { .. } => "anil",
+            AlgorithmConfig::Metasgd { .. } => "metasgd",
+            AlgorithmConfig::Reptile { .. } => "reptile",
+            AlgorithmConfig::Oml { .. } => "oml",
+        }
+    }
+
+    /// The MAML family's settings for `variant`.
+    pub fn maml_family(maml: MamlConfig) -> Self {
+        use crate::meta::optimization::maml::MamlVariant;
+        match maml.variant {
+            MamlVariant::Maml => AlgorithmConfig::Maml { maml },
+            MamlVariant::Fomaml => AlgorithmConfig::Fomaml { maml },
+            MamlVariant::Anil => AlgorithmConfig::Anil { maml },
+            MamlVariant::Metasgd => AlgorithmConfig::Metasgd { maml },
+        }
+    }
+
+    /// ProtoNet's settings, for a ProtoNet run.
+    pub fn protonet(&self) -> Option<&ProtoNetConfig> {
+        match self {
+            AlgorithmConfig::Protonet { protonet } => Some(protonet),
+            _ => None,
+        }
+    }
+
+    /// The MAML family's settings, for a run of one of them.
+    pub fn maml(&self) -> Option<&MamlConfig> {
+        match self {
+            AlgorithmConfig::Maml { maml }
+            | AlgorithmConfig::Fomaml { maml }
+            | AlgorithmConfig::Anil { maml }
+            | AlgorithmConfig::Metasgd { maml } => Some(maml),
+            _ => None,
+        }
+    }
+
+    /// [`AlgorithmConfig::maml`], to change.
+    pub fn maml_mut(&mut self) -> Option<&mut MamlConfig> {
+        match self {
+            AlgorithmConfig::Maml { maml }
+            | AlgorithmConfig::Fomaml { maml }
+            | AlgorithmConfig::Anil { maml }
+            | AlgorithmConfig::Metasgd { maml } => Some(maml),
+            _ => None,
+        }
+    }
+
+    /// Reptile's settings, for a Reptile run.
+    pub fn reptile(&self) -> Option<&ReptileConfig> {
+        match self {
+            AlgorithmConfig::Reptile { reptile } => Some(reptile),
+            _ => None,
+        }
+    }
+
+    /// [`AlgorithmConfig::reptile`], to change.
+    pub fn reptile_mut(&mut self) -> Option<&mut ReptileConfig> {
+        match self {
+            AlgorithmConfig::Reptile { reptile } => Some(reptile),
+            _ => None,
+        }
+    }
+
+    /// OML's settings, for an OML run.
+    pub fn oml(&self) -> Option<&OmlConfig> {
+        match self {
+            AlgorithmConfig::Oml { oml } => Some(oml),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for AlgorithmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Everything that defines a training run; written to `config.toml`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunConfig {
-    /// The algorithm (`protonet`, `maml`, `fomaml`, `anil`, `metasgd`, `reptile`, `oml`).
-    pub algorithm: String,
+    /// The algorithm and its settings.
+    #[serde(flatten)]
+    pub algorithm: AlgorithmConfig,
     /// The seed of initialisation and episode sampling.
     pub seed: u64,
     /// The data.
@@ -113,18 +244,6 @@ pub struct RunConfig {
     pub val_episode: EpisodeSpec,
     /// The schedule.
     pub schedule: ScheduleConfig,
-    /// ProtoNet's settings (ProtoNet runs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protonet: Option<ProtoNetConfig>,
-    /// The MAML family's settings (`maml`, `fomaml`, `anil`, `metasgd` runs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maml: Option<MamlConfig>,
-    /// Reptile's settings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reptile: Option<ReptileConfig>,
-    /// OML's settings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oml: Option<OmlConfig>,
     /// The sinusoid task family (runs with `dataset = "sinusoid"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sinusoid: Option<SinusoidSpec>,
@@ -133,16 +252,12 @@ pub struct RunConfig {
 impl RunConfig {
     /// The backbone of the run's learner.
     pub fn backbone(&self) -> Option<&BackboneConfig> {
-        if let Some(p) = &self.protonet {
-            return Some(&p.backbone);
-        }
-        if let Some(m) = &self.maml {
-            return Some(&m.net.backbone);
-        }
-        if let Some(o) = &self.oml {
-            return Some(&o.backbone);
-        }
-        self.reptile.as_ref().map(|r| &r.net.backbone)
+        let a = &self.algorithm;
+        a.protonet()
+            .map(|p| &p.backbone)
+            .or_else(|| a.maml().map(|m| &m.net.backbone))
+            .or_else(|| a.oml().map(|o| &o.backbone))
+            .or_else(|| a.reptile().map(|r| &r.net.backbone))
     }
 
     /// The ways a learner with a fixed-size head was trained for (MAML family,
@@ -151,10 +266,10 @@ impl RunConfig {
         if self.sinusoid.is_some() {
             return None;
         }
-        self.maml
-            .as_ref()
+        let a = &self.algorithm;
+        a.maml()
             .map(|m| m.net.outputs)
-            .or_else(|| self.reptile.as_ref().map(|r| r.net.outputs))
+            .or_else(|| a.reptile().map(|r| r.net.outputs))
     }
 
     /// The side of the square images the learner takes, if it takes images.

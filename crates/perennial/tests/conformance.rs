@@ -309,3 +309,26 @@ fn a_killed_run_resumes_exactly() {
         );
     }
 }
+
+/// Run configurations written before the algorithm became one typed section
+/// (`tests/fixtures/*-v0.1.0.toml`, from `perennial train` of that version) load, name
+/// their algorithm, build their learner, and are written back in the same shape.
+#[test]
+fn configs_of_earlier_runs_still_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config: RunConfig =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        assert!(name.starts_with(config.algorithm.name()), "{name}");
+        registry::build(&config, Device::Cpu).unwrap();
+        let again: RunConfig = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again, config, "{name}");
+        seen.push(config.algorithm.name());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, ["maml", "maml", "oml", "protonet", "reptile"]);
+}

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use perennial::checkpoint::{DataConfig, RunConfig, RunDir, ScheduleConfig};
+use perennial::checkpoint::{AlgorithmConfig, DataConfig, RunConfig, RunDir, ScheduleConfig};
 use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
 use perennial::data::{paths, ClassEntry, ClassSet, EpisodeSampler, EpisodeSpec, Rng};
 use perennial::eval::evaluate;
@@ -52,7 +52,9 @@ fn synthetic(classes: usize, per_class: usize, seed: u64) -> Arc<ClassSet> {
 
 fn config(episodes: u64, checkpoint_every: u64) -> RunConfig {
     RunConfig {
-        algorithm: "protonet".into(),
+        algorithm: AlgorithmConfig::Protonet {
+            protonet: ProtoNetConfig::default(),
+        },
         seed: 5,
         data: DataConfig {
             dataset: "synthetic".into(),
@@ -70,10 +72,6 @@ fn config(episodes: u64, checkpoint_every: u64) -> RunConfig {
             log_every: 1,
             meta_batch: 1,
         },
-        protonet: Some(ProtoNetConfig::default()),
-        maml: None,
-        reptile: None,
-        oml: None,
         sinusoid: None,
     }
 }

@@ -72,7 +72,7 @@ pub fn adapt(a: AdaptArgs) -> Result<()> {
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let meta = json!({
         "format": FORMAT,
-        "algorithm": config.algorithm,
+        "algorithm": config.algorithm.name(),
         "classes": support.classes,
         "image_size": size,
         "support_images": support.labels.len(),

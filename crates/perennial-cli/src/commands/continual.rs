@@ -391,7 +391,7 @@ fn class_stream(
         );
     };
     let config = RunDir::open(encoder_dir)?.config()?;
-    let is_oml = config.oml.is_some();
+    let is_oml = config.algorithm.oml().is_some();
     let perennial = matches!(entry.kind, Kind::Lifelong);
     let every = match (perennial, is_oml) {
         (true, false) => a.consolidate_every.unwrap_or(50),
@@ -410,7 +410,7 @@ fn class_stream(
     };
     if every > 0 {
         consolidation.validate(Some(a.train_per_task.unwrap_or(15)))?;
-        if config.protonet.is_none() {
+        if config.algorithm.protonet().is_none() {
             bail!(
                 "--consolidate-every: meta-consolidation trains a ProtoNet encoder; \
                  --encoder {} is {} run (use --consolidate-every 0)",
@@ -429,14 +429,17 @@ fn class_stream(
             a.consolidate_lr
         );
     }
-    if config.protonet.is_none() && !is_oml {
+    if config.algorithm.protonet().is_none() && !is_oml {
         bail!(
             "--encoder {}: a {} run; the encoder must be a ProtoNet or OML run",
             encoder_dir.display(),
             config.algorithm
         );
     }
-    let oml_lr = config.oml.as_ref().map(|o| a.oml_lr.unwrap_or(o.inner_lr));
+    let oml_lr = config
+        .algorithm
+        .oml()
+        .map(|o| a.oml_lr.unwrap_or(o.inner_lr));
     if matches!(entry.kind, Kind::Oml) && oml_lr.is_none() {
         bail!(
             "--strategy oml: --encoder {} is a {} run; OML's online head needs the \
@@ -536,7 +539,7 @@ fn class_stream(
         built: Built::Classes(images),
         learner,
         description,
-        encoder_algorithm: Some(config.algorithm),
+        encoder_algorithm: Some(config.algorithm.name().to_string()),
     })
 }
 

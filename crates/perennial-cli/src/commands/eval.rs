@@ -102,10 +102,10 @@ fn eval_sinusoid(
     let best = run.load_best()?;
     let learner_with = |steps: usize| -> Result<Box<dyn MetaLearner>> {
         let mut c = config.clone();
-        if let Some(m) = c.maml.as_mut() {
+        if let Some(m) = c.algorithm.maml_mut() {
             m.eval_steps = steps;
         }
-        if let Some(r) = c.reptile.as_mut() {
+        if let Some(r) = c.algorithm.reptile_mut() {
             r.eval_steps = steps;
         }
         let mut l = build_learner(&c, device)?;

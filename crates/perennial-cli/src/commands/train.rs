@@ -1,7 +1,7 @@
 //! `perennial train ALGORITHM`: resolves flags into a run config, then trains.
 
 use anyhow::{bail, Result};
-use perennial::checkpoint::{DataConfig, RunConfig, RunDir, ScheduleConfig};
+use perennial::checkpoint::{AlgorithmConfig, DataConfig, RunConfig, RunDir, ScheduleConfig};
 use perennial::data::omniglot::{Split, SplitScheme};
 use perennial::data::rng::streams;
 use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
@@ -28,7 +28,7 @@ fn is_sinusoid(a: &TrainArgs) -> bool {
 /// training episode's.
 fn base_config(
     a: &TrainArgs,
-    algorithm: &str,
+    algorithm: AlgorithmConfig,
     meta_batch: u64,
     val: Option<(usize, usize)>,
 ) -> Result<RunConfig> {
@@ -56,7 +56,7 @@ fn base_config(
     }
     let no_val = sinusoid || splits == SplitScheme::Lake || train_split == Split::TrainVal;
     let config = RunConfig {
-        algorithm: algorithm.into(),
+        algorithm,
         seed: a.seed,
         data: DataConfig {
             dataset: a.dataset.clone(),
@@ -74,10 +74,6 @@ fn base_config(
             log_every: a.log_every,
             meta_batch,
         },
-        protonet: None,
-        maml: None,
-        reptile: None,
-        oml: None,
         sinusoid: sinusoid.then(|| SinusoidSpec::new(a.shots, queries)),
     };
     if let Some(s) = &config.sinusoid {
@@ -126,12 +122,6 @@ pub fn protonet(a: ProtonetArgs, quiet: bool) -> Result<()> {
         if is_sinusoid(&a.common) {
             bail!("--dataset sinusoid: protonet classifies; use maml, fomaml, anil, metasgd or reptile for regression");
         }
-        let mut c = base_config(
-            &a.common,
-            "protonet",
-            1,
-            Some((a.val_ways, a.val_shots.unwrap_or(a.common.shots))),
-        )?;
         let p = ProtoNetConfig {
             backbone: conv4(&a.common)?,
             distance: a.distance.parse()?,
@@ -143,8 +133,12 @@ pub fn protonet(a: ProtonetArgs, quiet: bool) -> Result<()> {
             },
         };
         p.optimizer.validate()?;
-        c.protonet = Some(p);
-        Some(c)
+        Some(base_config(
+            &a.common,
+            AlgorithmConfig::Protonet { protonet: p },
+            1,
+            Some((a.val_ways, a.val_shots.unwrap_or(a.common.shots))),
+        )?)
     };
     run(&a.common, config, quiet)
 }
@@ -155,12 +149,6 @@ pub fn maml(variant: MamlVariant, a: MamlArgs, quiet: bool) -> Result<()> {
         None
     } else {
         let sine = is_sinusoid(&a.common);
-        let mut c = base_config(
-            &a.common,
-            variant.name(),
-            a.meta_batch.unwrap_or(if sine { 25 } else { 32 }),
-            None,
-        )?;
         let m = MamlConfig {
             variant,
             net: net_config(&a.common, a.hidden)?,
@@ -181,8 +169,12 @@ pub fn maml(variant: MamlVariant, a: MamlArgs, quiet: bool) -> Result<()> {
             per_step_bn: a.per_step_bn,
         };
         m.validate()?;
-        c.maml = Some(m);
-        Some(c)
+        Some(base_config(
+            &a.common,
+            AlgorithmConfig::maml_family(m),
+            a.meta_batch.unwrap_or(if sine { 25 } else { 32 }),
+            None,
+        )?)
     };
     run(&a.common, config, quiet)
 }
@@ -193,7 +185,6 @@ pub fn reptile(a: ReptileArgs, quiet: bool) -> Result<()> {
         None
     } else {
         let sine = is_sinusoid(&a.common);
-        let mut c = base_config(&a.common, "reptile", a.meta_batch, None)?;
         let r = ReptileConfig {
             net: net_config(&a.common, a.hidden)?,
             inner_steps: a.inner_steps,
@@ -203,8 +194,12 @@ pub fn reptile(a: ReptileArgs, quiet: bool) -> Result<()> {
             anneal_steps: if a.no_anneal { 0 } else { a.common.episodes },
         };
         r.validate()?;
-        c.reptile = Some(r);
-        Some(c)
+        Some(base_config(
+            &a.common,
+            AlgorithmConfig::Reptile { reptile: r },
+            a.meta_batch,
+            None,
+        )?)
     };
     run(&a.common, config, quiet)
 }
@@ -217,7 +212,6 @@ pub fn oml(a: OmlArgs, quiet: bool) -> Result<()> {
         if is_sinusoid(&a.common) {
             bail!("--dataset sinusoid: oml learns classes online; use maml, fomaml, anil, metasgd or reptile for regression");
         }
-        let mut c = base_config(&a.common, "oml", 1, None)?;
         let o = OmlConfig {
             backbone: conv4(&a.common)?,
             inner_lr: a.inner_lr,
@@ -229,8 +223,12 @@ pub fn oml(a: OmlArgs, quiet: bool) -> Result<()> {
             },
         };
         o.validate()?;
-        c.oml = Some(o);
-        Some(c)
+        Some(base_config(
+            &a.common,
+            AlgorithmConfig::Oml { oml: o },
+            1,
+            None,
+        )?)
     };
     run(&a.common, config, quiet)
 }

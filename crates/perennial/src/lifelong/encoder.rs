@@ -119,7 +119,7 @@ impl<N: Embedding> Encoder for RunEncoder<N> {
     }
 
     fn algorithm(&self) -> &str {
-        &self.config.algorithm
+        self.config.algorithm.name()
     }
 
     fn embed(&self, x: &Tensor) -> Tensor {
@@ -203,7 +203,7 @@ pub fn build(spec: &EncoderSpec) -> Result<Box<dyn Encoder>> {
     if !(lr > 0.0 && lr.is_finite()) {
         return Err(Error::config("--consolidate-lr", lr, "must be positive"));
     }
-    match (&config.protonet, &config.oml) {
+    match (config.algorithm.protonet(), config.algorithm.oml()) {
         (Some(p), _) => {
             // The optimiser serves meta-consolidation only: its rate, no schedule.
             let mut p = p.clone();
@@ -222,7 +222,7 @@ pub fn build(spec: &EncoderSpec) -> Result<Box<dyn Encoder>> {
         })),
         (None, None) => Err(Error::config(
             "encoder",
-            &config.algorithm,
+            config.algorithm.name(),
             "a lifelong learner builds on an embedding: the encoder must be a ProtoNet \
              or OML run",
         )),
@@ -333,7 +333,7 @@ pub fn at_most_a_quarter(flag: &str, pixels: usize, side: usize) -> Result<()> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::checkpoint::{DataConfig, ScheduleConfig};
+    use crate::checkpoint::{AlgorithmConfig, DataConfig, ScheduleConfig};
     use crate::data::omniglot::{Split, SplitScheme};
     use crate::data::EpisodeSpec;
     use crate::meta::metric::ProtoNetConfig;
@@ -346,7 +346,12 @@ pub(crate) mod tests {
             queries: 1,
         };
         RunConfig {
-            algorithm: "protonet".into(),
+            algorithm: AlgorithmConfig::Protonet {
+                protonet: ProtoNetConfig {
+                    distance,
+                    ..ProtoNetConfig::default()
+                },
+            },
             seed: 3,
             data: DataConfig {
                 dataset: "omniglot".into(),
@@ -364,13 +369,6 @@ pub(crate) mod tests {
                 log_every: 1,
                 meta_batch: 1,
             },
-            protonet: Some(ProtoNetConfig {
-                distance,
-                ..ProtoNetConfig::default()
-            }),
-            maml: None,
-            reptile: None,
-            oml: None,
             sinusoid: None,
         }
     }

@@ -8,7 +8,7 @@
 
 use tch::Device;
 
-use crate::checkpoint::{DataConfig, RunConfig, ScheduleConfig};
+use crate::checkpoint::{AlgorithmConfig, DataConfig, RunConfig, ScheduleConfig};
 use crate::data::omniglot::{Split, SplitScheme};
 use crate::data::EpisodeSpec;
 use crate::error::{Error, Result};
@@ -41,9 +41,8 @@ pub struct Algorithm {
     pub family: Family,
     /// One line on what it is.
     pub summary: &'static str,
-    /// Fills a run configuration's section for this algorithm with its defaults, for
-    /// episodes of `ways` classes.
-    settings: fn(&mut RunConfig, usize),
+    /// This algorithm's settings with their defaults, for episodes of `ways` classes.
+    settings: fn(usize) -> AlgorithmConfig,
     /// Builds the learner of a run configuration.
     build: fn(&RunConfig, Device) -> Result<Box<dyn MetaLearner>>,
 }
@@ -53,8 +52,8 @@ impl Algorithm {
     /// (the Vinyals split, the data directory of [`crate::data::paths::data_dir`]),
     /// 1000 updates of one task each, no validation, a checkpoint every 100.
     pub fn config(&self, episode: EpisodeSpec, seed: u64) -> RunConfig {
-        let mut config = RunConfig {
-            algorithm: self.name.into(),
+        RunConfig {
+            algorithm: (self.settings)(episode.ways),
             seed,
             data: DataConfig {
                 dataset: "omniglot".into(),
@@ -72,22 +71,16 @@ impl Algorithm {
                 log_every: 50,
                 meta_batch: 1,
             },
-            protonet: None,
-            maml: None,
-            reptile: None,
-            oml: None,
             sinusoid: None,
-        };
-        (self.settings)(&mut config, episode.ways);
-        config
+        }
     }
 
     /// The learner `config` describes (freshly initialised from its seed).
     pub fn build(&self, config: &RunConfig, device: Device) -> Result<Box<dyn MetaLearner>> {
-        if config.algorithm != self.name {
+        if config.algorithm.name() != self.name {
             return Err(Error::config(
                 "algorithm",
-                &config.algorithm,
+                config.algorithm.name(),
                 format!("this is the builder of {}", self.name),
             ));
         }
@@ -95,34 +88,37 @@ impl Algorithm {
     }
 }
 
-/// A configuration's missing section.
+/// A configuration without the section its builder reads (never, as the registry
+/// builds by name).
 fn missing(config: &RunConfig, section: &str) -> Error {
     Error::config(
         "algorithm",
-        &config.algorithm,
+        config.algorithm.name(),
         format!("the config has no [{section}] section"),
     )
 }
 
-fn maml_settings(variant: MamlVariant) -> impl Fn(&mut RunConfig, usize) {
-    move |c, ways| {
-        let mut m = MamlConfig {
-            variant,
-            ..MamlConfig::default()
-        };
-        m.net.outputs = ways;
-        c.maml = Some(m);
-    }
+fn maml_settings(variant: MamlVariant, ways: usize) -> AlgorithmConfig {
+    let mut m = MamlConfig {
+        variant,
+        ..MamlConfig::default()
+    };
+    m.net.outputs = ways;
+    AlgorithmConfig::maml_family(m)
 }
 
 fn build_maml(config: &RunConfig, device: Device) -> Result<Box<dyn MetaLearner>> {
-    let m = config.maml.clone().ok_or_else(|| missing(config, "maml"))?;
-    let variant: MamlVariant = config.algorithm.parse()?;
+    let m = config
+        .algorithm
+        .maml()
+        .cloned()
+        .ok_or_else(|| missing(config, "maml"))?;
+    let variant: MamlVariant = config.algorithm.name().parse()?;
     if m.variant != variant {
         return Err(Error::config(
             "maml.variant",
             m.variant.name(),
-            format!("does not match algorithm {}", config.algorithm),
+            format!("does not match algorithm {}", config.algorithm.name()),
         ));
     }
     Ok(Box::new(Maml::new(m, config.seed, device)?))
@@ -139,9 +135,12 @@ static ALGORITHMS: [Algorithm; 7] = [
         family: Family::Metric,
         summary:
             "Prototypical Networks (Snell et al. 2017): nearest class mean in a learned embedding",
-        settings: |c, _| c.protonet = Some(ProtoNetConfig::default()),
+        settings: |_| AlgorithmConfig::Protonet {
+            protonet: ProtoNetConfig::default(),
+        },
         build: |c, device| {
-            let p = c.protonet.clone().ok_or_else(|| missing(c, "protonet"))?;
+            let p = c.algorithm.protonet().cloned();
+            let p = p.ok_or_else(|| missing(c, "protonet"))?;
             Ok(Box::new(ProtoNet::new(p, c.seed, device)?))
         },
     },
@@ -149,41 +148,42 @@ static ALGORITHMS: [Algorithm; 7] = [
         name: "maml",
         family: Family::Optimization,
         summary: "MAML (Finn et al. 2017) with exact second-order meta-gradients",
-        settings: |c, w| maml_settings(MamlVariant::Maml)(c, w),
+        settings: |w| maml_settings(MamlVariant::Maml, w),
         build: build_maml,
     },
     Algorithm {
         name: "fomaml",
         family: Family::Optimization,
         summary: "first-order MAML",
-        settings: |c, w| maml_settings(MamlVariant::Fomaml)(c, w),
+        settings: |w| maml_settings(MamlVariant::Fomaml, w),
         build: build_maml,
     },
     Algorithm {
         name: "anil",
         family: Family::Optimization,
         summary: "ANIL (Raghu et al. 2020): MAML adapting the head alone",
-        settings: |c, w| maml_settings(MamlVariant::Anil)(c, w),
+        settings: |w| maml_settings(MamlVariant::Anil, w),
         build: build_maml,
     },
     Algorithm {
         name: "metasgd",
         family: Family::Optimization,
         summary: "Meta-SGD (Li et al. 2017): MAML with a learned rate per parameter",
-        settings: |c, w| maml_settings(MamlVariant::Metasgd)(c, w),
+        settings: |w| maml_settings(MamlVariant::Metasgd, w),
         build: build_maml,
     },
     Algorithm {
         name: "reptile",
         family: Family::Optimization,
         summary: "Reptile (Nichol et al. 2018): move towards the task-fine-tuned weights",
-        settings: |c, ways| {
-            let mut r = ReptileConfig::default();
-            r.net.outputs = ways;
-            c.reptile = Some(r);
+        settings: |ways| {
+            let mut reptile = ReptileConfig::default();
+            reptile.net.outputs = ways;
+            AlgorithmConfig::Reptile { reptile }
         },
         build: |c, device| {
-            let r = c.reptile.clone().ok_or_else(|| missing(c, "reptile"))?;
+            let r = c.algorithm.reptile().cloned();
+            let r = r.ok_or_else(|| missing(c, "reptile"))?;
             Ok(Box::new(Reptile::new(r, c.seed, device)?))
         },
     },
@@ -191,9 +191,12 @@ static ALGORITHMS: [Algorithm; 7] = [
         name: "oml",
         family: Family::Lifelong,
         summary: "OML (Javed & White 2019): a representation meta-trained for an online head",
-        settings: |c, _| c.oml = Some(OmlConfig::default()),
+        settings: |_| AlgorithmConfig::Oml {
+            oml: OmlConfig::default(),
+        },
         build: |c, device| {
-            let o = c.oml.clone().ok_or_else(|| missing(c, "oml"))?;
+            let o = c.algorithm.oml().cloned();
+            let o = o.ok_or_else(|| missing(c, "oml"))?;
             Ok(Box::new(Oml::new(o, c.seed, device)?))
         },
     },
@@ -214,7 +217,7 @@ pub fn names() -> Vec<&'static str> {
 
 /// The learner of a run configuration: [`find`] its algorithm, then build.
 pub fn build(config: &RunConfig, device: Device) -> Result<Box<dyn MetaLearner>> {
-    find(&config.algorithm)?.build(config, device)
+    find(config.algorithm.name())?.build(config, device)
 }
 
 #[cfg(test)]
@@ -231,6 +234,15 @@ mod tests {
             assert_eq!(learner.name(), a.name);
             assert_eq!(find(a.name).unwrap().name, a.name);
             assert_eq!(c.fixed_ways().unwrap_or(5), 5);
+            assert_eq!(c.algorithm.name(), a.name);
+            // config.toml round trip, in the shape it has always had.
+            let text = toml::to_string(&c).unwrap();
+            assert!(
+                text.contains(&format!("algorithm = \"{}\"", a.name)),
+                "{text}"
+            );
+            let back: RunConfig = toml::from_str(&text).unwrap();
+            assert_eq!(back, c);
         }
         let err = find("nope").unwrap_err().to_string();
         assert!(err.contains("protonet") && err.contains("oml"), "{err}");
