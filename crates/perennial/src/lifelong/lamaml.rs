@@ -26,6 +26,7 @@ use super::run::View;
 use super::strategy::{task_loss, Classifier, Groups, Strategy, StrategyState};
 use crate::data::Rng;
 use crate::error::{Error, Result};
+use crate::meta::optimization::inner::{sgd_step, Rate};
 use crate::nn::ParamSet;
 
 /// The settings of La-MAML.
@@ -161,14 +162,12 @@ impl LookAhead {
         let mut metas = Vec::with_capacity(inner);
         for k in 0..inner {
             let loss = inner_loss(&fast, k);
-            let grads = Tensor::run_backward(&[&loss], &fast.tensors(), false, false);
-            let mut i = 0;
-            fast = fast.map(|_, f| {
-                let g = grads[i].clamp(-self.clip, self.clip);
-                let step = f - &self.alphas[i] * g;
-                i += 1;
-                step
-            });
+            let grads: Vec<Tensor> = Tensor::run_backward(&[&loss], &fast.tensors(), false, false)
+                .iter()
+                .map(|g| g.clamp(-self.clip, self.clip))
+                .collect();
+            let mut alphas = self.alphas.iter();
+            fast = sgd_step(&fast, &grads, |_| alphas.next().map(Rate::Learned));
             metas.push(meta_loss(&fast));
         }
         let meta = Tensor::stack(&metas, 0).mean(Kind::Float);

@@ -24,6 +24,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::meta::optimization::inner::{sgd_step, Rate};
 use crate::meta::{Adapted, MetaLearner, Parts, PartsMut, StepReport};
 use crate::nn::{Backbone, BackboneConfig, ParamSet};
 use crate::optim::{Adam, AdamConfig};
@@ -156,9 +157,14 @@ pub fn head_step(
         1.0,
     );
     let g = g - onehot;
+    let mut head = ParamSet::new();
+    head.push("weight", w.shallow_clone());
+    head.push("bias", b.shallow_clone());
+    let grads = [x.transpose(0, 1).matmul(&g), g.squeeze_dim(0)];
+    let next = sgd_step(&head, &grads, |_| Some(Rate::Scalar(lr)));
     (
-        w - x.transpose(0, 1).matmul(&g) * lr,
-        b - g.squeeze_dim(0) * lr,
+        next.get("weight").shallow_clone(),
+        next.get("bias").shallow_clone(),
     )
 }
 

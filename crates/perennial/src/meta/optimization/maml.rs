@@ -34,6 +34,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::meta::optimization::fastnet::{FastNet, FastNetConfig};
+use crate::meta::optimization::inner::{sgd_step, Rate};
 use crate::meta::{Adapted, MetaLearner, Parts, PartsMut, StepReport};
 use crate::nn::ParamSet;
 use crate::optim::{Adam, AdamConfig};
@@ -560,16 +561,11 @@ impl Inner<'_> {
 
     /// One inner update of `fast` from the gradients `grads` of its adapted tensors.
     fn update(&self, fast: &ParamSet, grads: &[Tensor]) -> ParamSet {
-        let mut g = grads.iter();
-        fast.map(|n, t| {
-            if !self.adapts(n) {
-                return t.shallow_clone();
-            }
-            let grad = g.next().expect("one gradient per adapted tensor");
-            match self.variant {
-                MamlVariant::Metasgd => t - self.params.get(&format!("{LR_PREFIX}{n}")) * grad,
-                _ => t - grad * self.inner_lr,
-            }
+        sgd_step(fast, grads, |n| {
+            self.adapts(n).then(|| match self.variant {
+                MamlVariant::Metasgd => Rate::Learned(self.params.get(&format!("{LR_PREFIX}{n}"))),
+                _ => Rate::Scalar(self.inner_lr),
+            })
         })
     }
 

@@ -7,7 +7,10 @@
 //!   fine-tuned on each task.
 //! * [`fastnet`]: the network these learners fine-tune (a functional body and a linear
 //!   head) and its losses.
+//! * [`inner`]: the one differentiable inner step, shared with La-MAML's look-ahead and
+//!   OML's online head.
 
 pub mod fastnet;
+pub mod inner;
 pub mod maml;
 pub mod reptile;
