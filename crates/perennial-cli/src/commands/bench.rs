@@ -186,19 +186,6 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The process's peak resident memory in MB (NaN where /proc is not available).
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -221,7 +208,7 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
         Some(EpisodeSampler::new(set, b.spec, 0)?)
     };
     let sines = SinusoidSampler::new(SinusoidSpec::new(b.spec.shots, b.spec.queries), 0)?;
-    let rss_setup = peak_rss_mb();
+    let rss_setup = super::peak_rss_mb();
     let mut learner: Option<Box<dyn MetaLearner>> = match b.work {
         Work::Data => None,
         Work::Protonet => Some(Box::new(ProtoNet::new(
@@ -298,7 +285,7 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
             "mean_s": mean,
             "n": iters,
             "warmup": b.warmup,
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": super::peak_rss_mb(),
             "rss_after_setup_mb": rss_setup,
             "data_median_s": if trains { json!(data_med) } else { json!(null) },
             "data_share": if trains { json!(data_med / med) } else { json!(null) },

@@ -657,7 +657,7 @@ fn finish(
         },
         encode_s: record.encode_s,
         wall_s: record.wall_s,
-        peak_rss_mb: super::bench::peak_rss_mb(),
+        peak_rss_mb: super::peak_rss_mb(),
     };
     write(
         &out.join("result.json"),

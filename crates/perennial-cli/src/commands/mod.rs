@@ -105,3 +105,16 @@ pub fn omniglot_splits(
         .map(|&s| Ok(Arc::new(o.split(scheme, s, &paths::splits_dir(data))?)))
         .collect()
 }
+
+/// The process's peak resident memory in MB (NaN where /proc is not available).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
