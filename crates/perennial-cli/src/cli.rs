@@ -379,12 +379,13 @@ pub struct ContinualArgs {
     /// evaluation characters one class at a time, 15 images each; needs --encoder).
     #[arg(long)]
     pub stream: String,
-    /// The strategy: naive (fine-tuning), joint (the same examples in one i.i.d. order:
+    /// The learner: naive (fine-tuning), joint (the same examples in one i.i.d. order:
     /// the upper bound), er (experience replay, reservoir buffer), ewc (elastic weight
     /// consolidation), agem (averaged GEM), mer (meta-experience replay) or lamaml
-    /// (look-ahead MAML with learned rates); on omniglot-classes, perennial (prototype
-    /// memory with an unknown flag), naive (an online SGD head) or lamaml (La-MAML on
-    /// that head).
+    /// (look-ahead MAML with learned rates), on every stream (on omniglot-classes, on a
+    /// head over the encoder's features); and on omniglot-classes only, perennial
+    /// (Perennial's lifelong learner: prototypes, unknown flag, meta-consolidation) or oml
+    /// (OML's online head on an OML encoder).
     #[arg(long, default_value = "naive")]
     pub strategy: String,
     /// Split-MNIST's scenario: task (the task is known at test time) or class.
@@ -503,8 +504,8 @@ pub struct ContinualArgs {
     /// task it finished), with the same flags.
     #[arg(long)]
     pub resume: bool,
-    /// omniglot-classes: stop after this many classes, keeping the checkpoint, to
-    /// continue later with --resume.
+    /// Stop after this many tasks (classes on omniglot-classes), keeping the
+    /// checkpoint, to continue later with --resume.
     #[arg(long)]
     pub stop_after: Option<usize>,
     /// Also print {"acc", "bwt", "fwt", "forgetting", "matrix"} as one JSON line.

@@ -812,6 +812,15 @@ fn continual_runs_a_strategy_over_a_stream_and_writes_its_report() {
     let line2: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(line["matrix"], line2["matrix"]);
     assert_fails(&run(&mut args(&out)), &["already holds a finished run"]);
+    // Stopped after one task, then resumed: the run of one go.
+    let stopped = dir.path().join("stopped");
+    let o = run(args(&stopped).args(["--stop-after", "1"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!stopped.join("result.json").exists());
+    let o = run(args(&stopped).arg("--resume"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let resumed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(resumed["matrix"], line["matrix"]);
 
     // Bad input: one clear line each.
     let bad = |extra: &[&str], want: &[&str]| {
