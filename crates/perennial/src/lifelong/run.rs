@@ -1164,6 +1164,20 @@ pub(crate) mod tests {
             let other = serde_json::json!({"test": "other"});
             let err = ck.restore(&other, make().as_mut()).unwrap_err();
             assert!(err.to_string().contains("test"), "{err}");
+            // A checkpoint of the earlier format (no `format` field) is refused by name.
+            let path = ck.state_path();
+            let mut state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            state.as_object_mut().unwrap().remove("format");
+            std::fs::write(&path, state.to_string()).unwrap();
+            let err = ck
+                .restore(&config, make().as_mut())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("format 0") && err.contains("start the run afresh"),
+                "{err}"
+            );
         }
     }
 }
