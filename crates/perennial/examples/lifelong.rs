@@ -20,14 +20,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use perennial::checkpoint::{AlgorithmConfig, DataConfig, RunConfig, RunDir, ScheduleConfig};
+use perennial::checkpoint::RunDir;
 use perennial::data::classinc::{ClassStream, ClassStreamSpec};
 use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
 use perennial::data::paths;
 use perennial::data::stream::Part;
 use perennial::data::{EpisodeSampler, EpisodeSpec};
 use perennial::lifelong::{ConsolidationConfig, LearnerConfig, LifelongLearner};
-use perennial::meta::metric::{ProtoNet, ProtoNetConfig};
+use perennial::meta::registry;
 use perennial::train::{train, Silent};
 use tch::Device;
 
@@ -193,29 +193,11 @@ fn workspace_target() -> PathBuf {
 /// episodes), trained once and kept.
 fn small_encoder(data: &Path) -> perennial::Result<PathBuf> {
     let dir = workspace_target().join("lifelong-example").join("encoder");
-    let config = RunConfig {
-        algorithm: AlgorithmConfig::Protonet {
-            protonet: ProtoNetConfig::default(),
-        },
-        seed: 0,
-        data: DataConfig {
-            dataset: "omniglot".into(),
-            data_dir: data.to_path_buf(),
-            splits: SplitScheme::Lake,
-            train_split: Split::Train,
-        },
-        train_episode: EpisodeSpec::new(20, 5, 5),
-        val_episode: EpisodeSpec::new(20, 5, 5),
-        schedule: ScheduleConfig {
-            episodes: 300,
-            val_every: 0,
-            val_episodes: 0,
-            checkpoint_every: 100,
-            log_every: 50,
-            meta_batch: 1,
-        },
-        sinusoid: None,
-    };
+    // The registry's defaults for ProtoNet, on the background characters (Lake split).
+    let mut config = registry::find("protonet")?.config(EpisodeSpec::new(20, 5, 5), 0);
+    config.data.data_dir = data.to_path_buf();
+    config.data.splits = SplitScheme::Lake;
+    config.schedule.episodes = 300;
     let run = if dir.join("config.toml").exists() {
         RunDir::open(&dir)?
     } else {
@@ -231,10 +213,10 @@ fn small_encoder(data: &Path) -> perennial::Result<PathBuf> {
     let omniglot = Omniglot::load(data)?;
     let background = omniglot.split(SplitScheme::Lake, Split::Train, &paths::splits_dir(data))?;
     let sampler = EpisodeSampler::new(Arc::new(background), config.train_episode, config.seed)?;
-    let mut net = ProtoNet::new(ProtoNetConfig::default(), config.seed, Device::Cpu)?;
+    let mut net = registry::build(&config, Device::Cpu)?;
     let clock = std::time::Instant::now();
     train(
-        &mut net,
+        net.as_mut(),
         &run,
         &config.schedule,
         &sampler,

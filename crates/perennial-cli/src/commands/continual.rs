@@ -14,7 +14,7 @@ use perennial::data::mnist::Mnist;
 use perennial::data::omniglot::{Split, SplitScheme};
 use perennial::data::paths;
 use perennial::data::stream::{Part, Scenario, Stream, StreamName, StreamSpec};
-use perennial::lifelong::encoder::{at_most_a_quarter, open_run};
+use perennial::lifelong::encoder::open_run;
 use perennial::lifelong::registry::{self, Kind, StrategySettings};
 use perennial::lifelong::{
     run, Checkpoints, ClassImages, Classifier, ConsolidationConfig, ConsolidationPolicy,
@@ -314,7 +314,7 @@ fn mnist_stream(
 ) -> Result<Setup> {
     let name: StreamName = a.stream.parse()?;
     let Kind::Classifier { build, .. } = entry.kind else {
-        unreachable!("checked by the caller: the MNIST streams take classifier strategies")
+        bail!("--strategy {}: runs on omniglot-classes only", entry.name);
     };
     let scenario = match name {
         StreamName::SplitMnist => a.scenario.parse()?,
@@ -409,32 +409,8 @@ fn class_stream(
         jitter: a.consolidate_jitter,
     };
     if every > 0 {
+        // (The learner refuses a frozen encoder, a bad rate and other encoders itself.)
         consolidation.validate(Some(a.train_per_task.unwrap_or(15)))?;
-        if config.algorithm.protonet().is_none() {
-            bail!(
-                "--consolidate-every: meta-consolidation trains a ProtoNet encoder; \
-                 --encoder {} is {} run (use --consolidate-every 0)",
-                encoder_dir.display(),
-                if is_oml {
-                    "an OML".to_string()
-                } else {
-                    format!("a {}", config.algorithm)
-                }
-            );
-        }
-    }
-    if !(a.consolidate_lr > 0.0 && a.consolidate_lr.is_finite()) {
-        bail!(
-            "invalid --consolidate-lr = {}: must be positive",
-            a.consolidate_lr
-        );
-    }
-    if config.algorithm.protonet().is_none() && !is_oml {
-        bail!(
-            "--encoder {}: a {} run; the encoder must be a ProtoNet or OML run",
-            encoder_dir.display(),
-            config.algorithm
-        );
     }
     let oml_lr = config
         .algorithm
@@ -475,9 +451,9 @@ fn class_stream(
     }
     // Shift averaging is part of Perennial's learner; the baselines keep their
     // published single-image features unless asked.
+    // (The shift and the consolidation jitter are bounded by the learner, which knows
+    // the encoder's image side.)
     let shift = a.shift_radius.unwrap_or(usize::from(perennial));
-    at_most_a_quarter("--shift-radius", shift, stream.side())?;
-    at_most_a_quarter("--consolidate-jitter", a.consolidate_jitter, stream.side())?;
     let encoder = open_run(encoder_dir, a.consolidate_lr)?;
     let images = class_images(&stream);
     let n = stream.len();

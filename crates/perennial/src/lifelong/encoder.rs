@@ -253,12 +253,8 @@ pub fn open_run(dir: &Path, consolidation_lr: f64) -> Result<Box<dyn Encoder>> {
 /// original keeps serving.
 pub fn copy(encoder: &dyn Encoder) -> Result<Box<dyn Encoder>> {
     let mut c = build(&encoder.spec())?;
-    let state: Vec<(String, Tensor)> = encoder
-        .state()
-        .into_iter()
-        .map(|(n, t)| (n, t.detach().copy()))
-        .collect();
-    c.load_state(&state)?;
+    // Loading copies into the new encoder's own tensors.
+    c.load_state(&encoder.state())?;
     Ok(c)
 }
 
@@ -301,11 +297,6 @@ impl Encoding {
         self.encoder.as_ref()
     }
 
-    /// The encoder, to train it.
-    pub fn encoder_mut(&mut self) -> &mut dyn Encoder {
-        self.encoder.as_mut()
-    }
-
     /// Replaces the encoder (a consolidated copy), keeping the shift.
     pub fn replace(&mut self, encoder: Box<dyn Encoder>) {
         self.encoder = encoder;
@@ -333,44 +324,23 @@ pub fn at_most_a_quarter(flag: &str, pixels: usize, side: usize) -> Result<()> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::checkpoint::{AlgorithmConfig, DataConfig, ScheduleConfig};
-    use crate::data::omniglot::{Split, SplitScheme};
-    use crate::data::EpisodeSpec;
+    use crate::checkpoint::AlgorithmConfig;
     use crate::meta::metric::ProtoNetConfig;
 
-    /// The configuration of a ProtoNet run on 28-pixel images (never trained).
+    /// The configuration of a ProtoNet run on 28-pixel images (never trained): the
+    /// registry's defaults with `distance`.
     pub(crate) fn protonet_run(distance: Distance) -> RunConfig {
-        let episode = EpisodeSpec {
-            ways: 5,
-            shots: 1,
-            queries: 1,
+        let mut c = crate::meta::registry::find("protonet")
+            .unwrap()
+            .config(crate::data::EpisodeSpec::new(5, 1, 1), 3);
+        c.data.splits = crate::data::omniglot::SplitScheme::Lake;
+        c.algorithm = AlgorithmConfig::Protonet {
+            protonet: ProtoNetConfig {
+                distance,
+                ..ProtoNetConfig::default()
+            },
         };
-        RunConfig {
-            algorithm: AlgorithmConfig::Protonet {
-                protonet: ProtoNetConfig {
-                    distance,
-                    ..ProtoNetConfig::default()
-                },
-            },
-            seed: 3,
-            data: DataConfig {
-                dataset: "omniglot".into(),
-                data_dir: "data".into(),
-                splits: SplitScheme::Lake,
-                train_split: Split::Train,
-            },
-            train_episode: episode,
-            val_episode: episode,
-            schedule: ScheduleConfig {
-                episodes: 1,
-                val_every: 0,
-                val_episodes: 0,
-                checkpoint_every: 1,
-                log_every: 1,
-                meta_batch: 1,
-            },
-            sinusoid: None,
-        }
+        c
     }
 
     #[test]

@@ -246,6 +246,10 @@ impl LifelongLearner {
         }
         let memory = PrototypeMemory::new(encoder.distance(), config.unknown_quantile)?;
         let encoding = Encoding::new(encoder, config.shift_radius)?;
+        if let (true, Some(side)) = (config.policy.is_on(), encoding.encoder().image_side()) {
+            let jitter = config.consolidation.jitter;
+            encoder::at_most_a_quarter("--consolidate-jitter", jitter, side)?;
+        }
         Ok(LifelongLearner {
             rng: Rng::for_item(config.seed, streams::CONSOLIDATION, 0),
             config,
@@ -427,11 +431,9 @@ impl LifelongLearner {
         for i in 0..n {
             let f = features.get(i);
             if watch {
-                let row = f.view([1, -1]);
-                let unknown = bool::try_from(self.memory.unknown(&row).get(0)).unwrap_or(false);
-                let nearest = self.memory.scores(&row).argmax(1, false).int64_value(&[0]);
+                let a = self.memory.assess(&f.view([1, -1]))[0];
                 self.policy
-                    .example(&self.config.policy, unknown, nearest != class as i64);
+                    .example(&self.config.policy, a.unknown, a.nearest != Some(class));
             }
             self.memory.learn(&f, class)?;
         }
@@ -488,9 +490,7 @@ impl LifelongLearner {
         let (p, idx) = probs.topk(k, 1, true, true);
         let p: Vec<f64> = Vec::try_from(p.reshape([-1])).map_err(Error::Torch)?;
         let idx: Vec<i64> = Vec::try_from(idx.reshape([-1])).map_err(Error::Torch)?;
-        let unknown: Vec<bool> =
-            Vec::try_from(self.memory.unknown(features)).map_err(Error::Torch)?;
-        let scores = self.memory.unknown_scores(features);
+        let assessed = self.memory.assess(features);
         Ok((0..features.size()[0] as usize)
             .map(|i| {
                 let top: Vec<Ranked> = (0..k as usize)
@@ -503,8 +503,8 @@ impl LifelongLearner {
                     label: top[0].label.clone(),
                     probability: top[0].probability,
                     top,
-                    unknown: unknown[i],
-                    unknown_score: scores[i],
+                    unknown: assessed[i].unknown,
+                    unknown_score: assessed[i].score,
                 }
             })
             .collect())
@@ -718,7 +718,7 @@ impl LifelongLearner {
                 .iter()
                 .filter_map(|(n, t)| {
                     n.strip_prefix(prefix)
-                        .map(|n| (n.to_string(), t.detach().copy()))
+                        .map(|n| (n.to_string(), t.shallow_clone()))
                 })
                 .collect()
         };

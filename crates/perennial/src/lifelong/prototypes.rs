@@ -21,6 +21,17 @@ use tch::{Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::nn::Distance;
 
+/// What the memory makes of one input ([`PrototypeMemory::assess`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assessment {
+    /// The class of the nearest prototype.
+    pub nearest: Option<usize>,
+    /// Whether the input is farther from every prototype than the threshold.
+    pub unknown: bool,
+    /// The corrected nearest distance over the threshold.
+    pub score: f64,
+}
+
 /// One prototype per class, under a distance, with an unknown flag.
 #[derive(Debug)]
 pub struct PrototypeMemory {
@@ -133,36 +144,51 @@ impl PrototypeMemory {
         }
     }
 
-    /// The corrected distance of each input `[n, d]` to its nearest prototype (`[n]`).
-    fn nearest(&self, features: &Tensor) -> Option<Tensor> {
+    /// Each input's nearest class (`[n]`) and its corrected distance to it (`[n]`).
+    fn nearest(&self, features: &Tensor) -> Option<(Tensor, Tensor)> {
         let d = self.distances(features)?;
         let (nearest, which) = d.min_dim(1, false);
         let m: Vec<f32> = self.counts.iter().map(|&m| m as f32).collect();
         let m = Tensor::from_slice(&m).index_select(0, &which);
-        Some(nearest * &m / (m + 1.0))
+        Some((which, nearest * &m / (m + 1.0)))
     }
 
     /// Whether each input `[n, d]` is farther from every prototype than the threshold
     /// (`[n]` booleans; everything is unknown before the first class).
     pub fn unknown(&self, features: &Tensor) -> Tensor {
         match self.nearest(features) {
-            Some(d) => d.gt(self.threshold()),
+            Some((_, d)) => d.gt(self.threshold()),
             None => Tensor::ones([features.size()[0]], (Kind::Bool, features.device())),
         }
     }
 
-    /// Each input's unknown score (`[n]`, f64): its corrected nearest distance over the
-    /// threshold, so that above 1 is unknown (0 before calibration; ∞ before the first
-    /// class).
-    pub fn unknown_scores(&self, features: &Tensor) -> Vec<f64> {
+    /// For each input `[n, d]`, from one distance computation: its nearest class
+    /// (`None` before the first class), whether it is unknown (as
+    /// [`PrototypeMemory::unknown`] says), and its unknown score, the corrected nearest
+    /// distance over the threshold, so that above 1 is unknown (0 before calibration;
+    /// ∞ before the first class).
+    pub fn assess(&self, features: &Tensor) -> Vec<Assessment> {
         let n = features.size()[0] as usize;
-        let Some(d) = self.nearest(features) else {
-            return vec![f64::INFINITY; n];
+        let Some((which, d)) = self.nearest(features) else {
+            let none = Assessment {
+                nearest: None,
+                unknown: true,
+                score: f64::INFINITY,
+            };
+            return vec![none; n];
         };
         let t = self.threshold();
-        let d: Vec<f64> = Vec::try_from(d.to_kind(Kind::Double)).unwrap_or_default();
-        d.into_iter()
-            .map(|d| if t.is_finite() { d / t } else { 0.0 })
+        let which: Vec<i64> = Vec::try_from(which).unwrap_or_default();
+        let d: Vec<f32> = Vec::try_from(d.to_kind(Kind::Float)).unwrap_or_default();
+        which
+            .into_iter()
+            .zip(d)
+            .map(|(c, d)| Assessment {
+                nearest: Some(c as usize),
+                // The comparison of [`PrototypeMemory::unknown`]: in the features' f32.
+                unknown: d > t as f32,
+                score: if t.is_finite() { f64::from(d) / t } else { 0.0 },
+            })
             .collect()
     }
 
@@ -327,9 +353,15 @@ mod tests {
         let unk: Vec<bool> = m.unknown(&x).try_into().unwrap();
         assert_eq!(unk, [false, false, true]);
         // (1.5, 0) is 0.25 from (1, 0), a prototype of 2: 0.25 · 2/3 over 2.
-        let s = m.unknown_scores(&x);
-        assert!((s[0] - 0.25 * 2.0 / 3.0 / 2.0).abs() < 1e-6, "{s:?}");
-        assert!(s[2] > 1.0);
+        let a = m.assess(&x);
+        assert!((a[0].score - 0.25 * 2.0 / 3.0 / 2.0).abs() < 1e-6, "{a:?}");
+        assert!(a[2].score > 1.0 && a[2].unknown);
+        let nearest: Vec<Option<usize>> = a.iter().map(|a| a.nearest).collect();
+        assert_eq!(
+            nearest,
+            [Some(0), Some(1), Some(1)],
+            "the classes scores predict"
+        );
         assert!(m.learn(&t(&[0.0, 0.0]), 5).is_err());
         assert!(PrototypeMemory::new(Distance::SquaredEuclidean, 0.0).is_err());
         // Forgetting class 0 moves class 1 down and drops its distances.

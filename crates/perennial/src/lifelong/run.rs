@@ -62,6 +62,11 @@ pub trait TaskStream {
     /// The examples at `positions` of a task's part.
     fn gather(&self, task: usize, part: Part, positions: &[usize]) -> (Tensor, Tensor);
 
+    /// The labels `[n]` of the examples at `positions` of a task's part.
+    fn labels(&self, task: usize, part: Part, positions: &[usize]) -> Tensor {
+        self.gather(task, part, positions).1
+    }
+
     /// The classes a task's examples are told apart among (task-incremental
     /// learning), or `None` for all the model's outputs.
     fn mask(&self, task: usize) -> Option<Vec<usize>>;
@@ -146,6 +151,10 @@ impl TaskStream for ClassImages {
         (x, labels(task, positions.len()))
     }
 
+    fn labels(&self, task: usize, _part: Part, positions: &[usize]) -> Tensor {
+        labels(task, positions.len())
+    }
+
     fn mask(&self, _task: usize) -> Option<Vec<usize>> {
         None
     }
@@ -222,7 +231,8 @@ impl View<'_> {
         match self.encoded {
             Some(e) => {
                 let f = e.part(part)[task].narrow(0, range.start as i64, range.len() as i64);
-                (f, self.stream.batch(task, part, range).1)
+                let positions: Vec<usize> = range.collect();
+                (f, self.stream.labels(task, part, &positions))
             }
             None => self.stream.batch(task, part, range),
         }
@@ -234,7 +244,7 @@ impl View<'_> {
             Some(e) => {
                 let idx: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
                 let f = e.part(part)[task].index_select(0, &Tensor::from_slice(&idx));
-                (f, self.stream.gather(task, part, positions).1)
+                (f, self.stream.labels(task, part, positions))
             }
             None => self.stream.gather(task, part, positions),
         }
