@@ -50,6 +50,79 @@ pub enum Command {
     /// Compare finished `continual` runs: one table (and mean ± std over seeds) and one
     /// plot.
     Report(ReportArgs),
+    /// Serve a lifelong learner over HTTP: people teach it classes from a few images
+    /// at any time, it answers at once, flags what it has not seen, and consolidates
+    /// itself in the background. `perennial serve token` makes tokens.
+    Serve(ServeArgs),
+}
+
+/// `serve` flags.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServeArgs {
+    /// Tokens and rollback.
+    #[command(subcommand)]
+    pub action: Option<ServeAction>,
+    /// The trained encoder run a new store starts from (`perennial train protonet ...`);
+    /// an existing store keeps its own.
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// The store's folder: created on first start, opened after.
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Where to listen (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Predictions and reads need no token (teaching still does).
+    #[arg(long)]
+    pub public_read: bool,
+    /// Requests waiting for the learner at most; more are answered 503.
+    #[arg(long, default_value_t = 256)]
+    pub queue: usize,
+    /// The largest request body, in MiB.
+    #[arg(long, default_value_t = 16)]
+    pub max_body_mb: usize,
+    /// Consolidate after this many new classes (0: only when asked or by rate).
+    #[arg(long)]
+    pub consolidate_every: Option<usize>,
+    /// Episodes of a consolidation.
+    #[arg(long)]
+    pub consolidate_episodes: Option<usize>,
+    /// The unknown threshold's quantile of held-out distances, in (0, 1].
+    #[arg(long)]
+    pub unknown_quantile: Option<f64>,
+    /// Features averaged over translations of up to this many pixels.
+    #[arg(long)]
+    pub shift_radius: Option<usize>,
+    /// Representation versions kept for rollback.
+    #[arg(long, default_value_t = 5)]
+    pub keep_versions: usize,
+}
+
+/// `serve` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServeAction {
+    /// Print a new token (one line) and keep only its hash in the store; works on a
+    /// new or an existing store, with or without a server running.
+    Token {
+        /// The store's folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// What the token may do: reader (predict, read) or writer (also teach,
+        /// forget, correct, consolidate).
+        #[arg(long)]
+        role: String,
+    },
+    /// Make an earlier kept representation version current (server stopped; a running
+    /// server takes `POST /v1/rollback`).
+    Rollback {
+        /// The store's folder.
+        #[arg(long)]
+        store: PathBuf,
+        /// The version (default: the kept one before the current).
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 /// The trainable algorithms.

@@ -22,18 +22,84 @@ pub fn is_image(path: &Path) -> bool {
 
 /// Reads one image file and converts it to a `size x size` ink image.
 pub fn load_image(path: &Path, size: usize) -> Result<Vec<f32>> {
-    let img = image::open(path)
-        .map_err(|e| Error::BadImage {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_image(&bytes, size, &ImageLimits::default()).map_err(|e| Error::BadImage {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Bounds on an image decoded from untrusted bytes: a small file that claims a huge
+/// picture (a decompression bomb) is refused before its pixels are allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// The widest and tallest picture accepted, in pixels.
+    pub max_side: u32,
+    /// The most bytes the decoder may allocate.
+    pub max_alloc: u64,
+}
+
+impl Default for ImageLimits {
+    /// 8192 pixels a side, 256 MiB of decoder memory.
+    fn default() -> Self {
+        ImageLimits {
+            max_side: 8192,
+            max_alloc: 256 << 20,
+        }
+    }
+}
+
+/// Why [`decode_image`] refused an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRejected {
+    /// Larger than the [`ImageLimits`] allow.
+    TooLarge(String),
+    /// Not an image, or a broken one.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ImageRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageRejected::TooLarge(s) => write!(f, "too large: {s}"),
+            ImageRejected::Invalid(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Decodes an image held in memory (PNG, JPEG, BMP, GIF, TIFF, PNM; the format is
+/// guessed from the bytes) and converts it as [`load_image`] does.
+pub fn decode_image(
+    bytes: &[u8],
+    size: usize,
+    limits: &ImageLimits,
+) -> std::result::Result<Vec<f32>, ImageRejected> {
+    let invalid = |e: String| ImageRejected::Invalid(e);
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| invalid(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(invalid(
+            "not an image in a format this reads (PNG, JPEG, BMP, GIF, TIFF, PNM)".into(),
+        ));
+    }
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    l.max_alloc = Some(limits.max_alloc);
+    reader.limits(l);
+    let img = reader
+        .decode()
+        .map_err(|e| match e {
+            image::ImageError::Limits(e) => {
+                ImageRejected::TooLarge(format!("{e} (at most {0}x{0} pixels)", limits.max_side))
+            }
+            e => invalid(e.to_string()),
         })?
         .to_luma8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w == 0 || h == 0 {
-        return Err(Error::BadImage {
-            path: path.to_path_buf(),
-            reason: "empty image".into(),
-        });
+        return Err(invalid("empty image".into()));
     }
     let ink = grey_to_ink(img.as_raw());
     Ok(if (h, w) == (size, size) {

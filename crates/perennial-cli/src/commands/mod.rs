@@ -6,6 +6,7 @@ mod continual;
 mod download;
 mod eval;
 mod report;
+mod serve;
 mod train;
 
 use std::path::Path;
@@ -45,6 +46,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::bench(a),
         Command::Continual(a) => continual::continual(a, quiet),
         Command::Report(a) => report::report(a),
+        Command::Serve(a) => serve::serve(a),
     }
 }
 

@@ -539,6 +539,12 @@ impl LifelongLearner {
         (self.eligible().len() >= 2).then_some(due)
     }
 
+    /// Sets the count of classes learnt since the last consolidation (a learner
+    /// rebuilt by replaying its examples counts every class as new otherwise).
+    pub fn set_new_classes(&mut self, n: usize) {
+        self.policy.new_classes = n;
+    }
+
     /// The recent unknown and confusion rates the policy watches.
     pub fn recent_rates(&self) -> (f64, f64) {
         self.policy.rates()
@@ -630,20 +636,14 @@ impl LifelongLearner {
                 format!("is stale: the learner is at version {}", self.version),
             ));
         }
+        let record = done.record(self.version + 1);
+        let classes = done.classes;
         self.encoding.replace(done.encoder);
         self.rng = done.rng;
         self.version += 1;
         self.relearn()?;
-        let record = ConsolidationRecord {
-            version: self.version,
-            classes: done.classes,
-            reason: done.reason,
-            loss: done.report.loss,
-            accuracy: done.report.accuracy,
-            seconds: done.seconds,
-        };
         self.policy.reset();
-        self.policy.new_classes = self.known().saturating_sub(done.classes);
+        self.policy.new_classes = self.known().saturating_sub(classes);
         self.log.push(record.clone());
         Ok(record)
     }
@@ -850,6 +850,26 @@ pub struct Consolidated {
     seconds: f64,
 }
 
+impl Consolidated {
+    /// The record [`LifelongLearner::install`] would log, at version `version`.
+    pub fn record(&self, version: u64) -> ConsolidationRecord {
+        ConsolidationRecord {
+            version,
+            classes: self.classes,
+            reason: self.reason,
+            loss: self.report.loss,
+            accuracy: self.report.accuracy,
+            seconds: self.seconds,
+        }
+    }
+
+    /// The consolidated encoder, for a caller that builds its learner anew rather than
+    /// installing it (the service, which replays its store onto the new encoder).
+    pub fn into_encoder(self) -> Box<dyn Encoder> {
+        self.encoder
+    }
+}
+
 impl ConsolidationJob {
     /// Meta-trains the copied encoder ([`consolidate`]).
     pub fn run(mut self) -> Result<Consolidated> {
@@ -882,7 +902,7 @@ impl ConsolidationJob {
 
 /// Labels are what people type: not empty, at most 200 characters, no control
 /// characters.
-fn check_label(label: &str) -> Result<()> {
+pub fn check_label(label: &str) -> Result<()> {
     if label.is_empty() || label.chars().count() > 200 || label.chars().any(char::is_control) {
         return Err(Error::config(
             "label",

@@ -1,0 +1,657 @@
+//! The learner task: one thread owns the learner and the store (tch tensors are not
+//! `Sync`) and takes requests from a bounded queue. It drains what is waiting and
+//! serves it in order, with consecutive predictions encoded as one batch and
+//! consecutive teachings committed in one transaction (acknowledged after the
+//! commit). Consolidation runs on a copy in another thread and comes back through the
+//! same queue as a learner rebuilt on the new encoder, which is swapped in at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use perennial::lifelong::{Due, LearnerConfig, LifelongLearner, Prediction};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ApiError;
+use crate::state::{LastConsolidation, Shared};
+use crate::store::{self, Example, Store, Unknown, Version};
+
+/// What a teaching did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Taught {
+    /// The class.
+    pub class: String,
+    /// Examples added.
+    pub added: usize,
+    /// Examples of the class now.
+    pub examples: usize,
+}
+
+/// One answer of `POST /v1/predict`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Answer {
+    /// Names the prediction for `POST /v1/feedback`.
+    pub id: String,
+    /// The learner's prediction.
+    #[serde(flatten)]
+    pub prediction: Prediction,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+/// Images to predict and where their answers go.
+type Asked = (Vec<Vec<f32>>, Reply<Vec<Answer>>);
+
+/// A request to the learner task.
+#[derive(Debug)]
+pub enum Request {
+    /// Teach examples of a class.
+    Learn {
+        /// The class.
+        label: String,
+        /// Its examples' pixels.
+        images: Vec<Vec<f32>>,
+        /// Where the answer goes.
+        reply: Reply<Taught>,
+    },
+    /// Predict images.
+    Predict {
+        /// Their pixels.
+        images: Vec<Vec<f32>>,
+        /// Where the answers go.
+        reply: Reply<Vec<Answer>>,
+    },
+    /// Forget a class.
+    Forget {
+        /// The class.
+        label: String,
+        /// The number of examples forgotten.
+        reply: Reply<usize>,
+    },
+    /// A prediction's true label.
+    Feedback {
+        /// The prediction's id.
+        id: String,
+        /// Its true class.
+        label: String,
+        /// Where the answer goes.
+        reply: Reply<Taught>,
+    },
+    /// The unknown queue.
+    Unknown {
+        /// At most this many.
+        limit: usize,
+        /// Where the answer goes.
+        reply: Reply<Vec<Unknown>>,
+    },
+    /// Label an input of the unknown queue.
+    LabelUnknown {
+        /// Its id in the queue.
+        id: i64,
+        /// Its class.
+        label: String,
+        /// Where the answer goes.
+        reply: Reply<Taught>,
+    },
+    /// Start a consolidation now.
+    Consolidate {
+        /// The version it will produce.
+        reply: Reply<u64>,
+    },
+    /// Make an earlier version current again.
+    Rollback {
+        /// The version (`None`: the one before the current).
+        version: Option<u64>,
+        /// The version now current.
+        reply: Reply<u64>,
+    },
+    /// A consolidation finished (sent by its thread).
+    Consolidated(Box<Result<Rebuilt>>),
+}
+
+/// A consolidation's result: a learner rebuilt on the new encoder.
+#[derive(Debug)]
+pub struct Rebuilt {
+    learner: LifelongLearner,
+    version: Version,
+    replayed: i64,
+    epoch: u64,
+}
+
+/// The settings of the learner task.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Predictions and teachings drained into one batch at most.
+    pub max_batch: usize,
+    /// Representation versions whose weights are kept for rollback.
+    pub keep_versions: usize,
+    /// Inputs kept in the unknown queue.
+    pub unknown_bound: usize,
+    /// Recent predictions remembered for feedback.
+    pub recent_predictions: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            max_batch: 64,
+            keep_versions: 5,
+            unknown_bound: 1000,
+            recent_predictions: 10_000,
+        }
+    }
+}
+
+/// The learner settings of version `version` (each version draws its own episodes).
+fn config_of(base: &LearnerConfig, version: u64) -> LearnerConfig {
+    base.clone().with_seed(base.seed.wrapping_add(version))
+}
+
+/// A learner on version `version` of the store, with every example up to `upto`
+/// learnt one at a time in the order they were written (the order they were first
+/// learnt in, so the rebuilt learner predicts exactly as the one it replaces).
+pub fn rebuild(store: &Store, version: u64, upto: i64) -> Result<LifelongLearner> {
+    let encoder = store.encoder(version)?;
+    let base = store.config()?;
+    let mut learner = LifelongLearner::new(encoder, config_of(&base, version))?;
+    replay(&mut learner, &store.examples(0, upto)?)?;
+    set_new_classes(&mut learner, store, version)?;
+    Ok(learner)
+}
+
+fn replay(learner: &mut LifelongLearner, examples: &[Example]) -> Result<()> {
+    for e in examples {
+        let x = learner.images(&e.pixels)?;
+        learner.learn(&e.label, &x)?;
+    }
+    Ok(())
+}
+
+/// The policy counts the classes first taught after the version's consolidation.
+fn set_new_classes(learner: &mut LifelongLearner, store: &Store, version: u64) -> Result<()> {
+    if version > 0 {
+        let upto = store
+            .versions()?
+            .into_iter()
+            .find(|v| v.version == version)
+            .map_or(0, |v| v.upto);
+        let new = store
+            .classes()?
+            .iter()
+            .filter(|(_, _, first)| *first > upto)
+            .count();
+        learner.set_new_classes(new);
+    }
+    Ok(())
+}
+
+/// The learner task's state.
+pub struct Worker {
+    store: Store,
+    learner: LifelongLearner,
+    shared: Arc<Shared>,
+    tx: mpsc::WeakSender<Request>,
+    config: WorkerConfig,
+    recent: HashMap<String, Vec<f32>>,
+    recent_order: VecDeque<String>,
+    boot: String,
+    seq: u64,
+    /// Bumped by a rollback or a forget: a consolidation started before is stale.
+    epoch: u64,
+    running: Option<u64>,
+}
+
+impl Worker {
+    /// The learner task over `store`, its learner rebuilt from it.
+    pub fn new(
+        store: Store,
+        shared: Arc<Shared>,
+        tx: mpsc::WeakSender<Request>,
+        config: WorkerConfig,
+    ) -> Result<Worker> {
+        let clock = Instant::now();
+        let last = store.last_example()?;
+        let learner = rebuild(&store, store.current()?, last)?;
+        tracing::info!(
+            classes = learner.known(),
+            version = store.current()?,
+            seconds = clock.elapsed().as_secs_f64(),
+            "learner rebuilt from the store"
+        );
+        let boot = {
+            let mut b = [0u8; 4];
+            getrandom::getrandom(&mut b).context("randomness")?;
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        };
+        let mut w = Worker {
+            store,
+            learner,
+            shared,
+            tx,
+            config,
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            boot,
+            seq: 0,
+            epoch: 0,
+            running: None,
+        };
+        w.publish()?;
+        Ok(w)
+    }
+
+    /// Serves requests until every sender is gone.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < self.config.max_batch {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.serve(batch);
+            if self.running.is_none() && self.learner.due().is_some() {
+                if let Err(e) = self.maybe_consolidate(None) {
+                    tracing::warn!("consolidation not started: {}", e.message);
+                }
+            }
+            if let Err(e) = self.publish() {
+                tracing::error!("status not published: {e:#}");
+            }
+        }
+    }
+
+    fn serve(&mut self, batch: Vec<Request>) {
+        let mut batch = batch.into_iter().peekable();
+        while let Some(r) = batch.next() {
+            match r {
+                Request::Predict { images, reply } => {
+                    let mut group = vec![(images, reply)];
+                    while let Some(Request::Predict { .. }) = batch.peek() {
+                        if let Some(Request::Predict { images, reply }) = batch.next() {
+                            group.push((images, reply));
+                        }
+                    }
+                    self.predict(group);
+                }
+                Request::Learn {
+                    label,
+                    images,
+                    reply,
+                } => {
+                    let mut group = vec![(label, images, reply)];
+                    while let Some(Request::Learn { .. }) = batch.peek() {
+                        if let Some(Request::Learn {
+                            label,
+                            images,
+                            reply,
+                        }) = batch.next()
+                        {
+                            group.push((label, images, reply));
+                        }
+                    }
+                    self.learn(group);
+                }
+                Request::Forget { label, reply } => {
+                    let _ = reply.send(self.forget(&label));
+                }
+                Request::Feedback { id, label, reply } => {
+                    let r = match self.recent.get(&id) {
+                        Some(px) => {
+                            let px = px.clone();
+                            self.learn_one(label, vec![px])
+                        }
+                        None => Err(ApiError::not_found(format!(
+                            "no recent prediction {id:?} (the last {} are kept, until a restart)",
+                            self.config.recent_predictions
+                        ))),
+                    };
+                    let _ = reply.send(r);
+                }
+                Request::Unknown { limit, reply } => {
+                    let _ = reply.send(self.store.unknown(limit).map_err(ApiError::internal));
+                }
+                Request::LabelUnknown { id, label, reply } => {
+                    let _ = reply.send(self.label_unknown(id, label));
+                }
+                Request::Consolidate { reply } => {
+                    let r = self.maybe_consolidate(Some(Due::Asked));
+                    let _ = reply.send(r);
+                }
+                Request::Rollback { version, reply } => {
+                    let _ = reply.send(self.rollback(version));
+                }
+                Request::Consolidated(done) => {
+                    if let Err(e) = self.install(*done) {
+                        tracing::error!("consolidation not installed: {e:#}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_id(&mut self) -> String {
+        self.seq += 1;
+        format!("{}{:08x}", self.boot, self.seq)
+    }
+
+    fn predict(&mut self, group: Vec<Asked>) {
+        if self.learner.known() == 0 {
+            for (_, reply) in group {
+                let _ = reply.send(Err(ApiError::conflict(
+                    "the learner knows no class yet: teach one first",
+                )));
+            }
+            return;
+        }
+        let pixels: Vec<f32> = group
+            .iter()
+            .flat_map(|(im, _)| im.iter().flatten())
+            .copied()
+            .collect();
+        let predictions = self
+            .learner
+            .images(&pixels)
+            .and_then(|x| self.learner.predict(&x));
+        let predictions = match predictions {
+            Ok(p) => p,
+            Err(e) => {
+                for (_, reply) in group {
+                    let _ = reply.send(Err(ApiError::bad_request(e.to_string())));
+                }
+                return;
+            }
+        };
+        let mut predictions = predictions.into_iter();
+        let mut unknown = Vec::new();
+        let at = store::now();
+        for (images, reply) in group {
+            let mut answers = Vec::with_capacity(images.len());
+            for px in images {
+                let p = predictions.next().expect("one prediction per image");
+                let id = self.next_id();
+                if p.unknown {
+                    unknown.push((
+                        Unknown {
+                            id: 0,
+                            prediction: id.clone(),
+                            label: p.label.clone(),
+                            probability: p.probability,
+                            unknown_score: p.unknown_score,
+                            at: at.clone(),
+                        },
+                        px.clone(),
+                    ));
+                }
+                self.remember(id.clone(), px);
+                answers.push(Answer { id, prediction: p });
+            }
+            let _ = reply.send(Ok(answers));
+        }
+        if let Err(e) = self.store.add_unknown(&unknown, self.config.unknown_bound) {
+            tracing::warn!("unknown inputs not queued: {e:#}");
+        }
+    }
+
+    fn remember(&mut self, id: String, px: Vec<f32>) {
+        self.recent_order.push_back(id.clone());
+        self.recent.insert(id, px);
+        while self.recent_order.len() > self.config.recent_predictions {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
+
+    fn learn_one(&mut self, label: String, images: Vec<Vec<f32>>) -> Result<Taught, ApiError> {
+        let (tx, mut rx) = oneshot::channel();
+        self.learn(vec![(label, images, tx)]);
+        rx.try_recv()
+            .unwrap_or_else(|_| Err(ApiError::internal("no answer")))
+    }
+
+    /// Commits a group of teachings in one transaction, then learns them in memory and
+    /// answers: an acknowledged example is on disk.
+    fn learn(&mut self, group: Vec<(String, Vec<Vec<f32>>, Reply<Taught>)>) {
+        let mut ok = Vec::new();
+        for (label, images, reply) in group {
+            match perennial::lifelong::learner::check_label(&label) {
+                Ok(()) => ok.push((label, images, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(ApiError::bad_request(e.to_string())));
+                }
+            }
+        }
+        if ok.is_empty() {
+            return;
+        }
+        let items: Vec<(&str, &[Vec<f32>])> = ok
+            .iter()
+            .map(|(l, im, _)| (l.as_str(), im.as_slice()))
+            .collect();
+        let counts = match self.store.add_examples(&items) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("examples not stored: {e:#}");
+                for (_, _, reply) in ok {
+                    let _ = reply.send(Err(ApiError::internal(format!(
+                        "the examples were not stored: {e}"
+                    ))));
+                }
+                return;
+            }
+        };
+        for ((label, images, reply), examples) in ok.into_iter().zip(counts) {
+            let added = images.len();
+            let r = images
+                .iter()
+                .try_for_each(|px| {
+                    let x = self.learner.images(px)?;
+                    self.learner.learn(&label, &x).map(|_| ())
+                })
+                .map(|()| Taught {
+                    class: label,
+                    added,
+                    examples,
+                })
+                .map_err(|e| ApiError::internal(e.to_string()));
+            if r.is_ok() {
+                self.shared
+                    .metrics
+                    .examples_learnt
+                    .fetch_add(added as u64, Ordering::Relaxed);
+            }
+            let _ = reply.send(r);
+        }
+    }
+
+    fn forget(&mut self, label: &str) -> Result<usize, ApiError> {
+        let n = self.store.forget(label).map_err(ApiError::internal)?;
+        self.learner
+            .forget(label)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if n == 0 {
+            return Err(ApiError::not_found(format!("no class {label:?}")));
+        }
+        self.epoch += 1;
+        Ok(n)
+    }
+
+    fn label_unknown(&mut self, id: i64, label: String) -> Result<Taught, ApiError> {
+        let px = self
+            .store
+            .unknown_pixels(id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("no input {id} in the unknown queue")))?;
+        let taught = self.learn_one(label, vec![px])?;
+        self.store.remove_unknown(id).map_err(ApiError::internal)?;
+        Ok(taught)
+    }
+
+    /// Starts a consolidation when asked, or when the learner's policy says so.
+    fn maybe_consolidate(&mut self, asked: Option<Due>) -> Result<u64, ApiError> {
+        if let Some(version) = self.running {
+            return Err(ApiError::conflict(format!(
+                "a consolidation is running (to version {version})"
+            )));
+        }
+        let Some(reason) = asked.or_else(|| self.learner.due()) else {
+            return Err(ApiError::conflict("no consolidation is due"));
+        };
+        let job = self
+            .learner
+            .consolidation_job(reason)
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        let version = self.store.next_version().map_err(ApiError::internal)?;
+        let upto = self.store.last_example().map_err(ApiError::internal)?;
+        let dir = self.store.dir().to_path_buf();
+        let tx = self.tx.upgrade().ok_or_else(ApiError::busy)?;
+        let epoch = self.epoch;
+        std::thread::Builder::new()
+            .name(format!("consolidate-v{version}"))
+            .spawn(move || {
+                let r = consolidate(job, &dir, version, upto, epoch);
+                let _ = tx.blocking_send(Request::Consolidated(Box::new(r)));
+            })
+            .map_err(ApiError::internal)?;
+        tracing::info!(version, reason = %reason, "consolidation started");
+        self.running = Some(version);
+        self.shared
+            .status
+            .write()
+            .expect("status")
+            .consolidation_since = Some(store::now());
+        Ok(version)
+    }
+
+    fn install(&mut self, done: Result<Rebuilt>) -> Result<()> {
+        let Some(expected) = self.running.take() else {
+            return Ok(());
+        };
+        self.shared
+            .status
+            .write()
+            .expect("status")
+            .consolidation_since = None;
+        let mut done = done?;
+        debug_assert_eq!(done.version.version, expected);
+        if done.epoch != self.epoch {
+            // A class was forgotten or a version rolled back meanwhile: replay all.
+            let encoder = perennial::lifelong::encoder::copy(done.learner.encoder())?;
+            let base = self.store.config()?;
+            let mut learner = LifelongLearner::new(encoder, config_of(&base, expected))?;
+            replay(
+                &mut learner,
+                &self.store.examples(0, self.store.last_example()?)?,
+            )?;
+            done.learner = learner;
+        } else {
+            let last = self.store.last_example()?;
+            replay(
+                &mut done.learner,
+                &self.store.examples(done.replayed, last)?,
+            )?;
+        }
+        self.store
+            .add_version(&done.version, self.config.keep_versions)?;
+        set_new_classes(&mut done.learner, &self.store, expected)?;
+        self.learner = done.learner;
+        self.shared
+            .metrics
+            .consolidations
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.status.write().expect("status").last =
+            Some(LastConsolidation::from(&done.version));
+        tracing::info!(version = expected, "consolidation installed");
+        Ok(())
+    }
+
+    fn rollback(&mut self, version: Option<u64>) -> Result<u64, ApiError> {
+        if let Some(v) = self.running {
+            return Err(ApiError::conflict(format!(
+                "a consolidation is running (to version {v}): roll back after it ends"
+            )));
+        }
+        let current = self.store.current().map_err(ApiError::internal)?;
+        let target = match version {
+            Some(v) => v,
+            None => self
+                .store
+                .versions()
+                .map_err(ApiError::internal)?
+                .iter()
+                .filter(|v| v.kept && v.version < current)
+                .map(|v| v.version)
+                .max()
+                .ok_or_else(|| ApiError::conflict("no earlier version is kept"))?,
+        };
+        self.store
+            .set_current(target)
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        let last = self.store.last_example().map_err(ApiError::internal)?;
+        self.learner = rebuild(&self.store, target, last).map_err(ApiError::internal)?;
+        self.epoch += 1;
+        tracing::info!(from = current, to = target, "rolled back");
+        Ok(target)
+    }
+
+    /// Publishes the status and the class list for the handlers.
+    fn publish(&mut self) -> Result<()> {
+        let classes = self.learner.classes();
+        let versions = self.store.versions()?;
+        let mut s = self.shared.status.write().expect("status");
+        s.version = self.store.current()?;
+        s.examples = classes.iter().map(|c| c.examples).sum();
+        s.classes = classes;
+        s.running = self.running;
+        if s.last.is_none() {
+            s.last = versions
+                .iter()
+                .rev()
+                .find(|v| v.version > 0)
+                .map(LastConsolidation::from);
+        }
+        s.versions = versions;
+        s.rates = self.learner.recent_rates();
+        Ok(())
+    }
+}
+
+/// Trains a consolidation job, writes its weights, and rebuilds a learner on them
+/// from the store (on the consolidation's thread).
+fn consolidate(
+    job: perennial::lifelong::learner::ConsolidationJob,
+    dir: &Path,
+    version: u64,
+    upto: i64,
+    epoch: u64,
+) -> Result<Rebuilt> {
+    let done = job.run()?;
+    let record = done.record(version);
+    let encoder = done.into_encoder();
+    store::write_weights(dir, version, &encoder.state())?;
+    let store = Store::attach(dir)?;
+    let replayed = store.last_example()?;
+    let base = store.config()?;
+    let mut learner = LifelongLearner::new(encoder, config_of(&base, version))?;
+    replay(&mut learner, &store.examples(0, replayed)?)?;
+    Ok(Rebuilt {
+        learner,
+        version: Version {
+            version,
+            at: store::now(),
+            reason: record.reason.to_string(),
+            loss: Some(record.loss),
+            accuracy: record.accuracy,
+            seconds: Some(record.seconds),
+            classes: Some(record.classes as u64),
+            upto,
+            kept: true,
+        },
+        replayed,
+        epoch,
+    })
+}
