@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite: bootstraps libtorch (cached after the first run), then runs
+# The whole test suite: bootstraps libtorch (cached after the first run) and Chromium
+# for the web page's test, then runs
 # every test of the workspace. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
+# The web page's test drives Debian's headless Chromium (installed once when missing).
+bash scripts/install-chromium.sh
 cargo test --workspace --locked
