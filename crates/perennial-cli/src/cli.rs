@@ -417,8 +417,9 @@ pub struct DownloadArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Which family: protonet (protonet_5w1s15q, protonet_20w5s15q, data_5w1s15q,
-    /// data_20w5s15q) or maml (maml2_5w1s15q_mb32, fomaml_5w1s15q_mb32,
-    /// maml_sine_10shot_mb25, data_maml_5w1s15q_mb32).
+    /// data_20w5s15q), maml (maml2_5w1s15q_mb32, fomaml_5w1s15q_mb32,
+    /// maml_sine_10shot_mb25, data_maml_5w1s15q_mb32) or serve (serve_predict_c8,
+    /// serve_learn_c4: `perennial serve` under load, with 1000 classes taught).
     pub family: String,
     /// Print JSON lines (the only format; kept for symmetry with the peer script).
     #[arg(long)]
@@ -431,9 +432,21 @@ pub struct BenchArgs {
     /// Internal: run one benchmark in this process.
     #[arg(long, hide = true)]
     pub child: bool,
-    /// Timed iterations (default: as in the peer script).
+    /// Timed iterations (default: as in the peer script); for serve, requests per
+    /// client (default 250).
     #[arg(long)]
     pub iters: Option<usize>,
+    /// serve: the encoder run to serve (default: a small one trained once in the
+    /// cache).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// serve: also drive a peer server at this address with the same load
+    /// (`scripts/bench_serve.sh` starts the FastAPI + PyTorch one).
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// serve: classes taught before the load.
+    #[arg(long, default_value_t = 1000)]
+    pub classes: usize,
 }
 
 /// `--ewc-lambda`'s default. The penalties of past tasks add up, so the largest stable

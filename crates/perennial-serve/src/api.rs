@@ -99,8 +99,9 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Counts and times every request, and turns the framework's own plain-text errors
-/// (405, 413, ...) into JSON ones.
+/// Counts and times every request, refuses a body whose declared length is over the
+/// limit, and turns the framework's own plain-text errors (405, 413, ...) into JSON
+/// ones.
 async fn observe(State(app): AppState, req: HttpRequest, next: Next) -> Response {
     let clock = Instant::now();
     let method = req.method().to_string();
@@ -108,7 +109,19 @@ async fn observe(State(app): AppState, req: HttpRequest, next: Next) -> Response
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let mut resp = next.run(req).await;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let mut resp = match declared {
+        // Refused on its declared length, before a byte of it is read.
+        Some(n) if n > app.limits.body => ApiError::too_large(format!(
+            "the body is {n} bytes: at most {} are taken",
+            app.limits.body
+        ))
+        .into_response(),
+        _ => next.run(req).await,
+    };
     let status = resp.status();
     let json = resp
         .headers()

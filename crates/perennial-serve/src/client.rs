@@ -88,6 +88,11 @@ impl Client {
         }
     }
 
+    /// The token it sends.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The same client of another server (a restarted one, on a new port).
     pub fn with_base(&self, base: &str) -> Client {
         Client {

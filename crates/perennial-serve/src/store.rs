@@ -557,11 +557,20 @@ impl Store {
         self.set_meta("current", &version.to_string())
     }
 
-    /// Queues inputs flagged unknown, keeping the newest `bound`.
+    /// Queues inputs flagged unknown, keeping the newest `bound`. The queue is a
+    /// convenience, not an acknowledged write: it commits without waiting for the disk
+    /// (a crash may lose the last few), so predictions never wait on an fsync.
     pub fn add_unknown(&mut self, items: &[(Unknown, Vec<f32>)], bound: usize) -> Result<()> {
         if items.is_empty() {
             return Ok(());
         }
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let r = self.queue_unknown(items, bound);
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        r
+    }
+
+    fn queue_unknown(&mut self, items: &[(Unknown, Vec<f32>)], bound: usize) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(

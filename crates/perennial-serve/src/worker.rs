@@ -40,6 +40,9 @@ pub struct Answer {
     pub prediction: Prediction,
 }
 
+/// Images encoded in one forward pass at most.
+const ENCODE_CHUNK: usize = 16;
+
 type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 /// Images to predict and where their answers go.
 type Asked = (Vec<Vec<f32>>, Reply<Vec<Answer>>);
@@ -347,15 +350,10 @@ impl Worker {
             }
             return;
         }
-        let pixels: Vec<f32> = group
-            .iter()
-            .flat_map(|(im, _)| im.iter().flatten())
-            .copied()
-            .collect();
+        let images: Vec<&Vec<f32>> = group.iter().flat_map(|(im, _)| im.iter()).collect();
         let predictions = self
-            .learner
-            .images(&pixels)
-            .and_then(|x| self.learner.predict(&x));
+            .features(&images)
+            .and_then(|f| self.learner.predict_encoded(&f));
         let predictions = match predictions {
             Ok(p) => p,
             Err(e) => {
@@ -394,6 +392,18 @@ impl Worker {
         if let Err(e) = self.store.add_unknown(&unknown, self.config.unknown_bound) {
             tracing::warn!("unknown inputs not queued: {e:#}");
         }
+    }
+
+    /// Features of images under the current version, in chunks of a few images.
+    fn features(&self, images: &[&Vec<f32>]) -> perennial::Result<tch::Tensor> {
+        let f = images
+            .chunks(ENCODE_CHUNK)
+            .map(|chunk| {
+                let pixels: Vec<f32> = chunk.iter().flat_map(|px| px.iter()).copied().collect();
+                Ok(self.learner.encode(&self.learner.images(&pixels)?))
+            })
+            .collect::<perennial::Result<Vec<_>>>()?;
+        Ok(tch::Tensor::cat(&f, 0))
     }
 
     fn remember(&mut self, id: String, px: Vec<f32>) {

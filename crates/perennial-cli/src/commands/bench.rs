@@ -147,7 +147,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let family = match a.family.as_str() {
         "protonet" => PROTONET,
         "maml" => MAML,
-        other => bail!("bench family {other:?}: known: protonet, maml"),
+        "serve" => return serve(&a),
+        other => bail!("bench family {other:?}: known: protonet, maml, serve"),
     };
     let selected: Vec<&Bench> = match &a.bench {
         Some(name) => {
@@ -182,6 +183,27 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             bail!("benchmark {} failed", b.name);
         }
         print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(())
+}
+
+/// `bench serve`: the server in this process, its clients in threads (the lines'
+/// `peak_rss_mb` is the process's: server and clients).
+fn serve(a: &BenchArgs) -> Result<()> {
+    if a.classes < 2 {
+        bail!("--classes must be at least 2");
+    }
+    let data = perennial::data::paths::data_dir(a.data.data_dir.as_deref());
+    let options = perennial_serve::bench::BenchOptions {
+        work: perennial::data::paths::default_data_dir().with_file_name("bench-serve"),
+        data,
+        encoder: a.encoder.clone(),
+        classes: a.classes,
+        requests: a.iters.unwrap_or(250),
+        peer: a.peer.clone(),
+    };
+    for line in perennial_serve::bench::run(&options, || Some(super::peak_rss_mb()))? {
+        println!("{line}");
     }
     Ok(())
 }

@@ -23,9 +23,17 @@ use crate::cli::{Cli, Command, TrainAlgorithm};
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let quiet = cli.quiet;
-    if cli.threads.is_none() && matches!(cli.command, Command::Continual(_)) {
+    let serving = match &cli.command {
+        Command::Serve(_) => true,
+        Command::Bench(b) => b.family == "serve",
+        _ => false,
+    };
+    if cli.threads.is_none() && (serving || matches!(cli.command, Command::Continual(_))) {
         // The streams' MLPs on batches of 10 are far too small to split over threads:
         // one thread runs them several times faster (10x on a busy 2-core machine).
+        // The server's batches of a few images likewise: OpenMP's wake-ups took a fifth
+        // of the time, and one thread doubled its throughput (docs/serve.md), leaving
+        // the other core to the HTTP side.
         tch::set_num_threads(1);
     }
     match cli.command {
