@@ -13,16 +13,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use perennial::checkpoint::RunDir;
 use perennial::data::classinc::{ClassStream, ClassStreamSpec};
 use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
 use perennial::data::paths;
 use perennial::data::stream::Part;
-use perennial::data::{EpisodeSampler, EpisodeSpec};
-use perennial::meta::registry;
-use perennial::train::{train, Silent};
 use serde_json::{json, Value};
-use tch::Device;
 
 use crate::client::{png, Client};
 use crate::{Options, Settings};
@@ -64,37 +59,9 @@ pub fn characters(data: &Path, split: Split, n: usize, shots: usize) -> Result<V
 }
 
 /// A ProtoNet encoder meta-trained for `episodes` 20-way 5-shot episodes on the
-/// background characters, in `dir` (reused when finished there; a file lock keeps
-/// two processes from training it at once).
+/// background characters, in `dir` ([`perennial::train::omniglot_encoder`]).
 pub fn encoder(data: &Path, dir: &Path, episodes: usize) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let lock = std::fs::File::create(dir.with_extension("lock"))?;
-    lock.lock()?;
-    let mut config = registry::find("protonet")?.config(EpisodeSpec::new(20, 5, 5), 0);
-    config.data.data_dir = data.to_path_buf();
-    config.data.splits = SplitScheme::Lake;
-    config.schedule.episodes = episodes as u64;
-    let run = if dir.join("config.toml").exists() {
-        RunDir::open(dir)?
-    } else {
-        RunDir::create(dir, &config)?
-    };
-    if !run.state()?.finished {
-        let omniglot = Omniglot::load(data)?;
-        let background =
-            omniglot.split(SplitScheme::Lake, Split::Train, &paths::splits_dir(data))?;
-        let sampler = EpisodeSampler::new(Arc::new(background), config.train_episode, config.seed)?;
-        let mut net = registry::build(&config, Device::Cpu)?;
-        train(
-            net.as_mut(),
-            &run,
-            &config.schedule,
-            &sampler,
-            None,
-            Device::Cpu,
-            &mut Silent,
-        )?;
-    }
+    perennial::train::omniglot_encoder(data, dir, episodes as u64)?;
     Ok(dir.to_path_buf())
 }
 
@@ -257,7 +224,8 @@ fn line(
         "p99_ms": (l.p99_ms * 100.0).round() / 100.0,
         "peak_rss_mb": rss.map(|r| r.round()),
         "teach_classes_seconds": (teach * 10.0).round() / 10.0,
-        "threads": tch::get_num_threads(),
+        // libtorch's threads in this process: the server's when it is Perennial's.
+        "threads": (server == "perennial").then(tch::get_num_threads),
     })
 }
 

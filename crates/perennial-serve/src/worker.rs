@@ -255,14 +255,17 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            // Predictions change nothing the status shows.
+            let mut changed = batch.iter().any(|r| !matches!(r, Request::Predict { .. }));
             self.serve(batch);
             if self.running.is_none() && self.learner.due().is_some() {
+                changed = true;
                 if let Err(e) = self.maybe_consolidate(None) {
                     tracing::warn!("consolidation not started: {}", e.message);
                 }
             }
-            if let Err(e) = self.publish() {
-                tracing::error!("status not published: {e:#}");
+            if changed {
+                self.publish_or_log();
             }
         }
     }
@@ -454,6 +457,7 @@ impl Worker {
                 return;
             }
         };
+        let mut answers = Vec::with_capacity(ok.len());
         for ((label, images, reply), examples) in ok.into_iter().zip(counts) {
             let added = images.len();
             let r = images
@@ -474,7 +478,19 @@ impl Worker {
                     .examples_learnt
                     .fetch_add(added as u64, Ordering::Relaxed);
             }
+            answers.push((reply, r));
+        }
+        self.publish_or_log();
+        for (reply, r) in answers {
             let _ = reply.send(r);
+        }
+    }
+
+    /// Publishes before a change is answered, so that whoever was answered reads it
+    /// (`GET /v1/classes` after a teaching lists the class).
+    fn publish_or_log(&mut self) {
+        if let Err(e) = self.publish() {
+            tracing::error!("status not published: {e:#}");
         }
     }
 
@@ -487,6 +503,7 @@ impl Worker {
             return Err(ApiError::not_found(format!("no class {label:?}")));
         }
         self.epoch += 1;
+        self.publish_or_log();
         Ok(n)
     }
 
@@ -604,6 +621,7 @@ impl Worker {
         let last = self.store.last_example().map_err(ApiError::internal)?;
         self.learner = rebuild(&self.store, target, last).map_err(ApiError::internal)?;
         self.epoch += 1;
+        self.publish_or_log();
         tracing::info!(from = current, to = target, "rolled back");
         Ok(target)
     }

@@ -501,3 +501,59 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn a_full_queue_answers_503_with_a_json_error_and_the_rest_are_served() {
+    let Some(fx) = fixture() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut o = options(&store, Some(&fx.encoder));
+    o.queue = 1;
+    let (running, w) = serve(o, Role::Writer);
+    teach(&w, &fx.chars[..2]);
+    let big: Vec<&[u8]> = fx.chars[..4]
+        .iter()
+        .flat_map(|c| c.held_out.iter().map(Vec::as_slice))
+        .take(64)
+        .collect();
+    let one = fx.chars[0].held_out[0].as_slice();
+    // A long prediction keeps the learner busy while 16 clients ask at once: with room
+    // for one request in the queue, some are refused, and every other one is served.
+    let mut refused = 0;
+    for _ in 0..5 {
+        let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+            let long = s.spawn(|| w.predict(&big).unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+            let small: Vec<_> = (0..16)
+                .map(|_| s.spawn(|| w.predict(&[one]).unwrap()))
+                .collect();
+            let mut all: Vec<_> = small.into_iter().map(|h| h.join().unwrap()).collect();
+            all.push(long.join().unwrap());
+            all
+        });
+        for (status, body) in &answers {
+            match status {
+                200 => assert!(body["predictions"].is_array(), "{body}"),
+                503 => {
+                    assert!(is_json_error(body), "{body}");
+                    refused += 1;
+                }
+                s => panic!("answered {s}: {body}"),
+            }
+        }
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(refused > 0, "no request was refused with a queue of one");
+    let text = ureq::get(&format!("http://{}/metrics", running.addr()))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        text.contains(&format!("perennial_rejected_total {refused}")),
+        "{text}"
+    );
+    running.stop().unwrap();
+}

@@ -20,16 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use perennial::checkpoint::RunDir;
 use perennial::data::classinc::{ClassStream, ClassStreamSpec};
 use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
 use perennial::data::paths;
 use perennial::data::stream::Part;
-use perennial::data::{EpisodeSampler, EpisodeSpec};
 use perennial::lifelong::{ConsolidationConfig, LearnerConfig, LifelongLearner};
-use perennial::meta::registry;
-use perennial::train::{train, Silent};
-use tch::Device;
 
 fn main() -> ExitCode {
     match run() {
@@ -193,37 +188,16 @@ fn workspace_target() -> PathBuf {
 /// episodes), trained once and kept.
 fn small_encoder(data: &Path) -> perennial::Result<PathBuf> {
     let dir = workspace_target().join("lifelong-example").join("encoder");
-    // The registry's defaults for ProtoNet, on the background characters (Lake split).
-    let mut config = registry::find("protonet")?.config(EpisodeSpec::new(20, 5, 5), 0);
-    config.data.data_dir = data.to_path_buf();
-    config.data.splits = SplitScheme::Lake;
-    config.schedule.episodes = 300;
-    let run = if dir.join("config.toml").exists() {
-        RunDir::open(&dir)?
-    } else {
-        RunDir::create(&dir, &config)?
-    };
-    if run.state()?.finished {
-        return Ok(dir);
+    if !dir.join("config.toml").exists() {
+        println!(
+            "meta-training a small encoder on the background characters (300 episodes) in {}",
+            dir.display()
+        );
     }
-    println!(
-        "meta-training a small encoder on the background characters (300 episodes) in {}",
-        dir.display()
-    );
-    let omniglot = Omniglot::load(data)?;
-    let background = omniglot.split(SplitScheme::Lake, Split::Train, &paths::splits_dir(data))?;
-    let sampler = EpisodeSampler::new(Arc::new(background), config.train_episode, config.seed)?;
-    let mut net = registry::build(&config, Device::Cpu)?;
     let clock = std::time::Instant::now();
-    train(
-        net.as_mut(),
-        &run,
-        &config.schedule,
-        &sampler,
-        None,
-        Device::Cpu,
-        &mut Silent,
-    )?;
-    println!("trained in {:.0} s", clock.elapsed().as_secs_f64());
+    perennial::train::omniglot_encoder(data, &dir, 300)?;
+    if clock.elapsed().as_secs() > 5 {
+        println!("trained in {:.0} s", clock.elapsed().as_secs_f64());
+    }
     Ok(dir)
 }

@@ -352,7 +352,7 @@ impl LifelongLearner {
     pub fn images(&self, pixels: &[f32]) -> Result<Tensor> {
         let side = self.side()?;
         let per = side * side;
-        if pixels.is_empty() || pixels.len() % per != 0 {
+        if pixels.is_empty() || !pixels.len().is_multiple_of(per) {
             return Err(Error::config(
                 "images",
                 format!("{} pixels", pixels.len()),
