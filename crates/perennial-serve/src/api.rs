@@ -68,16 +68,34 @@ pub struct App {
     pub verified: Verified,
     /// When the server started.
     pub started: Instant,
+    /// Permits to read and decode a request's images ([`UPLOADS`] at once).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
 
+/// Requests whose images are read and decoded at once, at most: each may hold a body
+/// of up to [`Limits::body`] bytes.
+pub const UPLOADS: usize = 32;
+
 type AppState = State<Arc<App>>;
+
+/// The largest JSON body (feedback, labels, rollback).
+const JSON_BODY: usize = 64 << 10;
+
+/// `ok` while the learner serves; 503 once it has stopped.
+async fn healthz(State(app): AppState) -> Response {
+    if app.tx.is_closed() {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the learner has stopped").into_response()
+    } else {
+        "ok".into_response()
+    }
+}
 
 /// The router of the whole service.
 pub fn router(app: Arc<App>) -> Router {
     let body = app.limits.body;
     Router::new()
         .route("/", get(page))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(
             "/v1/openapi.json",
@@ -87,12 +105,21 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/classes/{label}", delete(forget))
         .route("/v1/classes/{label}/examples", post(teach))
         .route("/v1/predict", post(predict))
-        .route("/v1/feedback", post(feedback))
+        .route(
+            "/v1/feedback",
+            post(feedback).layer(DefaultBodyLimit::max(JSON_BODY)),
+        )
         .route("/v1/unknown", get(unknown))
-        .route("/v1/unknown/{id}/label", post(label_unknown))
+        .route(
+            "/v1/unknown/{id}/label",
+            post(label_unknown).layer(DefaultBodyLimit::max(JSON_BODY)),
+        )
         .route("/v1/status", get(status))
         .route("/v1/consolidate", post(consolidate))
-        .route("/v1/rollback", post(rollback))
+        .route(
+            "/v1/rollback",
+            post(rollback).layer(DefaultBodyLimit::max(JSON_BODY)),
+        )
         .fallback(|| async { ApiError::not_found("no such route (see /v1/openapi.json)") })
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .layer(DefaultBodyLimit::max(body))
@@ -104,7 +131,11 @@ pub fn router(app: Arc<App>) -> Router {
 /// ones.
 async fn observe(State(app): AppState, req: HttpRequest, next: Next) -> Response {
     let clock = Instant::now();
-    let method = req.method().to_string();
+    // Known methods by name, any other as one (the counters stay bounded).
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "DELETE" | "PUT" | "PATCH" | "HEAD" | "OPTIONS") => m.to_string(),
+        _ => "other".to_string(),
+    };
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -160,11 +191,13 @@ impl App {
                  `perennial serve token`)",
             ));
         };
+        // The scheme is case-insensitive (RFC 7235).
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?;
@@ -230,6 +263,14 @@ impl App {
         &self,
         form: Result<Multipart, MultipartRejection>,
     ) -> Result<Vec<Vec<f32>>, ApiError> {
+        // Bodies read and decoded at once are bounded: past that, 503 before reading.
+        let _permit = self.uploads.clone().try_acquire_owned().map_err(|_| {
+            self.shared
+                .metrics
+                .rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ApiError::busy()
+        })?;
         let mut form = form.map_err(|e| {
             ApiError::new(
                 e.status(),

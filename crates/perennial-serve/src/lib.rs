@@ -259,6 +259,7 @@ pub fn start(options: Options) -> Result<Running> {
         limits: options.limits,
         verified: auth::Verified::default(),
         started: Instant::now(),
+        uploads: Arc::new(tokio::sync::Semaphore::new(api::UPLOADS)),
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let server = std::thread::Builder::new()
@@ -338,6 +339,9 @@ pub fn rollback(dir: &Path, version: Option<u64>) -> Result<u64> {
             .max()
             .ok_or_else(|| anyhow!("no earlier version is kept"))?,
     };
+    store.check_kept(target)?;
+    // Its weights load (and match their checksum) before the store names it.
+    store.encoder(target)?;
     store.set_current(target)?;
     Ok(target)
 }

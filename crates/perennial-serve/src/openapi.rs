@@ -14,7 +14,7 @@ fn images() -> Value {
     json!({ "required": true, "content": { "multipart/form-data": { "schema": {
         "type": "object", "required": ["image"],
         "properties": { "image": { "type": "array", "items": { "type": "string", "format": "binary" },
-            "description": "One or more PNG or JPEG images (any size), one part each, all named `image`." } } } } } })
+            "description": "One to 64 PNG or JPEG images (up to 4096 pixels a side), one part each, all named `image`." } } } } } })
 }
 
 fn json_body(schema: &str) -> Value {

@@ -90,6 +90,8 @@ pub struct Version {
     pub classes: Option<u64>,
     /// The last example id it saw: classes first taught after it count as new.
     pub upto: i64,
+    /// The SHA-256 of its weights file, checked when it is loaded.
+    pub sha256: String,
     /// Whether its weights are still on disk (a rollback target).
     pub kept: bool,
 }
@@ -147,8 +149,15 @@ pub fn now() -> String {
 pub fn connect(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
         .map_err(|e| corrupt(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        bail!(
+            "{}: the file system does not take SQLite's WAL mode ({mode})",
+            path.display()
+        );
+    }
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
 }
@@ -181,7 +190,9 @@ impl Store {
             .image_side()
             .ok_or_else(|| anyhow!("the encoder takes features, not images: it cannot serve"))?;
         // A new store's folder may hold its tokens already (`perennial serve token`).
-        let foreign = |name: &str| !(name.starts_with(crate::auth::DB) || name == LOCK);
+        // (A `versions/` left by an interrupted creation is written over.)
+        let foreign =
+            |name: &str| !(name.starts_with(crate::auth::DB) || name == LOCK || name == "versions");
         if dir.exists()
             && std::fs::read_dir(dir)
                 .with_context(|| format!("cannot read {}", dir.display()))?
@@ -195,7 +206,7 @@ impl Store {
         }
         std::fs::create_dir_all(dir.join("versions"))
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        write_weights(dir, 0, &encoder.state())?;
+        let sha256 = write_weights(dir, 0, &encoder.state())?;
         let path = dir.join(DB);
         let mut conn = connect(&path)?;
         let tx = conn.transaction()?;
@@ -207,7 +218,7 @@ impl Store {
              CREATE TABLE versions(version INTEGER PRIMARY KEY, created TEXT NOT NULL,
                                    reason TEXT NOT NULL, loss REAL, accuracy REAL, seconds REAL,
                                    classes INTEGER, upto INTEGER NOT NULL,
-                                   kept INTEGER NOT NULL DEFAULT 1);
+                                   sha256 TEXT NOT NULL, kept INTEGER NOT NULL DEFAULT 1);
              CREATE TABLE unknown(id INTEGER PRIMARY KEY AUTOINCREMENT, prediction TEXT NOT NULL,
                                   pixels BLOB NOT NULL, label TEXT NOT NULL,
                                   probability REAL NOT NULL, score REAL NOT NULL,
@@ -230,8 +241,9 @@ impl Store {
             )?;
         }
         tx.execute(
-            "INSERT INTO versions(version, created, reason, upto) VALUES (0, ?1, 'created', 0)",
-            params![now()],
+            "INSERT INTO versions(version, created, reason, upto, sha256)
+             VALUES (0, ?1, 'created', 0, ?2)",
+            params![now(), sha256],
         )?;
         tx.commit()?;
         drop(conn);
@@ -252,6 +264,20 @@ impl Store {
             .map_err(|e| corrupt(&path, e))?;
         if check != "ok" {
             return Err(corrupt(&path, check));
+        }
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| corrupt(&path, e))?;
+        if tables == 0 {
+            bail!(
+                "{} is an incomplete store (its creation was interrupted): remove the folder \
+                 and start again",
+                dir.display()
+            );
         }
         let meta = |k: &str| -> Result<Option<String>> {
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
@@ -369,6 +395,19 @@ impl Store {
     /// The encoder of version `version`, loaded from its weights.
     pub fn encoder(&self, version: u64) -> Result<Box<dyn Encoder>> {
         let path = weights_path(&self.dir, version);
+        let want = self
+            .versions()?
+            .into_iter()
+            .find(|v| v.version == version)
+            .map(|v| v.sha256)
+            .ok_or_else(|| anyhow!("no version {version}"))?;
+        let bytes = std::fs::read(&path).map_err(|e| corrupt(&path, e))?;
+        if sha256_hex(&bytes) != want {
+            return Err(corrupt(
+                &path,
+                "its weights do not match their recorded SHA-256",
+            ));
+        }
         let mut enc = encoder::build(&self.spec()?)?;
         let named = load_named(&path).map_err(|e| corrupt(&path, e))?;
         enc.load_state(&named).map_err(|e| corrupt(&path, e))?;
@@ -470,7 +509,7 @@ impl Store {
     /// Every version, oldest first.
     pub fn versions(&self) -> Result<Vec<Version>> {
         let mut q = self.conn.prepare_cached(
-            "SELECT version, created, reason, loss, accuracy, seconds, classes, upto, kept
+            "SELECT version, created, reason, loss, accuracy, seconds, classes, upto, kept, sha256
              FROM versions ORDER BY version",
         )?;
         let rows = q.query_map([], |r| {
@@ -484,6 +523,7 @@ impl Store {
                 classes: r.get::<_, Option<i64>>(6)?.map(|c| c as u64),
                 upto: r.get(7)?,
                 kept: r.get::<_, i64>(8)? != 0,
+                sha256: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -495,14 +535,15 @@ impl Store {
     }
 
     /// Records a consolidated version whose weights [`write_weights`] wrote, and makes
-    /// it current; keeps the weights of the last `keep` versions (and of version 0).
-    pub fn add_version(&mut self, v: &Version, keep: usize) -> Result<()> {
+    /// it current, in one transaction.
+    pub fn add_version(&mut self, v: &Version) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
-            "INSERT INTO versions(version, created, reason, loss, accuracy, seconds, classes, upto)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO versions(version, created, reason, loss, accuracy, seconds, classes,
+                                  upto, sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 v.version as i64,
                 v.at,
@@ -511,7 +552,8 @@ impl Store {
                 v.accuracy,
                 v.seconds,
                 v.classes.map(|c| c as i64),
-                v.upto
+                v.upto,
+                v.sha256
             ],
         )?;
         tx.execute(
@@ -519,14 +561,22 @@ impl Store {
             [v.version.to_string()],
         )?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Keeps the weights of the last `keep` versions (at least one), of version 0 and
+    /// of the current one; removes the others'.
+    pub fn prune(&mut self, keep: usize) -> Result<()> {
+        let current = self.current()?;
         let kept: Vec<u64> = self
             .versions()?
             .into_iter()
             .filter(|v| v.kept && v.version > 0)
             .map(|v| v.version)
             .collect();
+        let keep = keep.max(1);
         if kept.len() > keep {
-            for &old in &kept[..kept.len() - keep] {
+            for &old in kept[..kept.len() - keep].iter().filter(|&&v| v != current) {
                 self.conn.execute(
                     "UPDATE versions SET kept = 0 WHERE version = ?1",
                     [old as i64],
@@ -537,16 +587,13 @@ impl Store {
         Ok(())
     }
 
-    /// Makes a kept version current again.
-    pub fn set_current(&self, version: u64) -> Result<()> {
-        if !self
-            .versions()?
-            .iter()
-            .any(|v| v.version == version && v.kept)
-        {
+    /// Refuses a version that is not kept, naming those that are.
+    pub fn check_kept(&self, version: u64) -> Result<()> {
+        let versions = self.versions()?;
+        if !versions.iter().any(|v| v.version == version && v.kept) {
             bail!(
                 "version {version} is not kept (kept: {})",
-                self.versions()?
+                versions
                     .iter()
                     .filter(|v| v.kept)
                     .map(|v| v.version.to_string())
@@ -554,6 +601,12 @@ impl Store {
                     .join(", ")
             );
         }
+        Ok(())
+    }
+
+    /// Makes a kept version current again.
+    pub fn set_current(&self, version: u64) -> Result<()> {
+        self.check_kept(version)?;
         self.set_meta("current", &version.to_string())
     }
 
@@ -664,8 +717,18 @@ pub fn weights_path(dir: &Path, version: u64) -> PathBuf {
     dir.join("versions").join(file_name(version))
 }
 
-/// Writes version `version`'s weights durably: under a temporary name, synced, renamed.
-pub fn write_weights(dir: &Path, version: u64, named: &[(String, Tensor)]) -> Result<()> {
+/// The SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes version `version`'s weights durably: under a temporary name, synced, renamed;
+/// returns their SHA-256.
+pub fn write_weights(dir: &Path, version: u64, named: &[(String, Tensor)]) -> Result<String> {
     let target = weights_path(dir, version);
     let partial = dir
         .join("versions")
@@ -674,9 +737,13 @@ pub fn write_weights(dir: &Path, version: u64, named: &[(String, Tensor)]) -> Re
     File::open(&partial)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot sync {}", partial.display()))?;
+    let sha256 = sha256_hex(
+        &std::fs::read(&partial).with_context(|| format!("cannot read {}", partial.display()))?,
+    );
     std::fs::rename(&partial, &target)
         .with_context(|| format!("cannot write {}", target.display()))?;
-    sync_dir(&dir.join("versions"))
+    sync_dir(&dir.join("versions"))?;
+    Ok(sha256)
 }
 
 fn to_bytes(px: &[f32]) -> Vec<u8> {

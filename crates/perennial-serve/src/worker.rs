@@ -204,6 +204,9 @@ pub struct Worker {
     /// Bumped by a rollback or a forget: a consolidation started before is stale.
     epoch: u64,
     running: Option<u64>,
+    /// Consolidations failed in a row, and when the policy may start one again.
+    failures: u32,
+    retry_after: Option<Instant>,
 }
 
 impl Worker {
@@ -240,6 +243,8 @@ impl Worker {
             seq: 0,
             epoch: 0,
             running: None,
+            failures: 0,
+            retry_after: None,
         };
         w.publish()?;
         Ok(w)
@@ -258,7 +263,8 @@ impl Worker {
             // Predictions change nothing the status shows.
             let mut changed = batch.iter().any(|r| !matches!(r, Request::Predict { .. }));
             self.serve(batch);
-            if self.running.is_none() && self.learner.due().is_some() {
+            let waiting = self.retry_after.is_some_and(|t| Instant::now() < t);
+            if self.running.is_none() && !waiting && self.learner.due().is_some() {
                 changed = true;
                 if let Err(e) = self.maybe_consolidate(None) {
                     tracing::warn!("consolidation not started: {}", e.message);
@@ -305,10 +311,14 @@ impl Worker {
                     let _ = reply.send(self.forget(&label));
                 }
                 Request::Feedback { id, label, reply } => {
-                    let r = match self.recent.get(&id) {
+                    // Taken from the recent ones: a correction is learnt once.
+                    let r = match self.recent.remove(&id) {
                         Some(px) => {
-                            let px = px.clone();
-                            self.learn_one(label, vec![px])
+                            let r = self.learn_one(label, vec![px.clone()]);
+                            if r.is_err() {
+                                self.recent.insert(id, px);
+                            }
+                            r
                         }
                         None => Err(ApiError::not_found(format!(
                             "no recent prediction {id:?} (the last {} are kept, until a restart)",
@@ -361,7 +371,7 @@ impl Worker {
             Ok(p) => p,
             Err(e) => {
                 for (_, reply) in group {
-                    let _ = reply.send(Err(ApiError::bad_request(e.to_string())));
+                    let _ = reply.send(Err(ApiError::internal(&e)));
                 }
                 return;
             }
@@ -563,7 +573,20 @@ impl Worker {
             .write()
             .expect("status")
             .consolidation_since = None;
-        let mut done = done?;
+        let mut done = match done {
+            Ok(d) => {
+                self.failures = 0;
+                d
+            }
+            Err(e) => {
+                // Not again at once: after 1, 2, 4, ... minutes (at most an hour).
+                self.failures += 1;
+                let wait = 60u64 << (self.failures - 1).min(6);
+                self.retry_after =
+                    Some(Instant::now() + std::time::Duration::from_secs(wait.min(3600)));
+                return Err(e);
+            }
+        };
         debug_assert_eq!(done.version.version, expected);
         if done.epoch != self.epoch {
             // A class was forgotten or a version rolled back meanwhile: replay all.
@@ -582,10 +605,14 @@ impl Worker {
                 &self.store.examples(done.replayed, last)?,
             )?;
         }
-        self.store
-            .add_version(&done.version, self.config.keep_versions)?;
-        set_new_classes(&mut done.learner, &self.store, expected)?;
+        // Everything that can fail comes before the commit; after it, the swap.
+        let new_classes = self.new_classes_since(done.version.upto)?;
+        done.learner.set_new_classes(new_classes);
+        self.store.add_version(&done.version)?;
         self.learner = done.learner;
+        if let Err(e) = self.store.prune(self.config.keep_versions) {
+            tracing::warn!("old versions not pruned: {e:#}");
+        }
         self.shared
             .metrics
             .consolidations
@@ -594,6 +621,16 @@ impl Worker {
             Some(LastConsolidation::from(&done.version));
         tracing::info!(version = expected, "consolidation installed");
         Ok(())
+    }
+
+    /// Classes first taught after example `upto`.
+    fn new_classes_since(&self, upto: i64) -> Result<usize> {
+        Ok(self
+            .store
+            .classes()?
+            .iter()
+            .filter(|(_, _, first)| *first > upto)
+            .count())
     }
 
     fn rollback(&mut self, version: Option<u64>) -> Result<u64, ApiError> {
@@ -616,10 +653,13 @@ impl Worker {
                 .ok_or_else(|| ApiError::conflict("no earlier version is kept"))?,
         };
         self.store
-            .set_current(target)
+            .check_kept(target)
             .map_err(|e| ApiError::conflict(e.to_string()))?;
+        // Rebuilt first: the store names the version only once it serves.
         let last = self.store.last_example().map_err(ApiError::internal)?;
-        self.learner = rebuild(&self.store, target, last).map_err(ApiError::internal)?;
+        let learner = rebuild(&self.store, target, last).map_err(ApiError::internal)?;
+        self.store.set_current(target).map_err(ApiError::internal)?;
+        self.learner = learner;
         self.epoch += 1;
         self.publish_or_log();
         tracing::info!(from = current, to = target, "rolled back");
@@ -660,7 +700,7 @@ fn consolidate(
     let done = job.run()?;
     let record = done.record(version);
     let encoder = done.into_encoder();
-    store::write_weights(dir, version, &encoder.state())?;
+    let sha256 = store::write_weights(dir, version, &encoder.state())?;
     let store = Store::attach(dir)?;
     let replayed = store.last_example()?;
     let base = store.config()?;
@@ -677,6 +717,7 @@ fn consolidate(
             seconds: Some(record.seconds),
             classes: Some(record.classes as u64),
             upto,
+            sha256,
             kept: true,
         },
         replayed,

@@ -220,6 +220,16 @@ fn every_bad_input_gets_its_status_and_a_json_error() {
 
     check("predict before any class", w.predict(&[img]).unwrap(), 409);
     check("no token", anonymous.predict(&[img]).unwrap(), 401);
+    // The scheme is case-insensitive: `bearer` with a good token is let through.
+    let (ct, body) = multipart("image", &[img]);
+    let lower = ureq::post(&format!("http://{}/v1/predict", running.addr()))
+        .set("Authorization", &format!("bearer {}", w.token().unwrap()))
+        .set("Content-Type", &ct)
+        .send_bytes(&body);
+    assert!(
+        matches!(lower, Err(ureq::Error::Status(409, _))),
+        "lower-case bearer: {lower:?}"
+    );
     check(
         "a malformed token",
         w.with_token(Some("secret".into())).predict(&[img]).unwrap(),
@@ -458,11 +468,31 @@ fn a_corrupt_or_busy_store_is_refused_with_a_clear_message() {
     assert!(busy.contains("another server"), "{busy}");
     running.stop().unwrap();
 
-    // Another encoder than the store's.
-    let other = dir.path().join("other-encoder");
-    copy_dir(&fx.encoder, &other);
+    // The store's own encoder is accepted; another one is refused.
     let err = perennial_serve::start(options(&store, Some(&fx.encoder))).map(|r| r.stop());
     assert!(err.is_ok(), "the store's own encoder is accepted");
+    let other = dir.path().join("other-encoder");
+    copy_dir(&fx.encoder, &other);
+    let best = other.join("best.safetensors");
+    let mut named = perennial::nn::params::load_named(&best).unwrap();
+    named[0].1 = &named[0].1 + 1.0;
+    perennial::nn::params::save_named(&named, &best).unwrap();
+    let e = perennial_serve::start(options(&store, Some(&other))).unwrap_err();
+    assert!(e.to_string().contains("another encoder"), "{e}");
+
+    // Weights whose bytes changed under a valid header: the checksum refuses them.
+    let weights = store.join("versions/v000000.safetensors");
+    let good = std::fs::read(&weights).unwrap();
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x40;
+    std::fs::write(&weights, &flipped).unwrap();
+    let e = format!(
+        "{:#}",
+        perennial_serve::start(options(&store, None)).unwrap_err()
+    );
+    assert!(e.contains("SHA-256") && e.contains("v000000"), "{e}");
+    std::fs::write(&weights, &good).unwrap();
 
     // Weights cut short.
     let weights = store.join("versions/v000000.safetensors");
