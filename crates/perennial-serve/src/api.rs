@@ -70,6 +70,8 @@ pub struct App {
     pub started: Instant,
     /// Permits to read and decode a request's images ([`UPLOADS`] at once).
     pub uploads: Arc<tokio::sync::Semaphore>,
+    /// Permits to verify a token with argon2 (two at once).
+    pub verifying: tokio::sync::Semaphore,
 }
 
 /// Requests whose images are read and decoded at once, at most: each may hold a body
@@ -206,6 +208,8 @@ impl App {
         let role = match self.verified.role(id, secret) {
             Some(role) => role,
             None => {
+                // argon2 costs tens of ms and 19 MiB: two at a time at most.
+                let _permit = self.verifying.acquire().await.map_err(ApiError::internal)?;
                 let (dir, i, s) = (self.dir.clone(), id.to_string(), secret.to_string());
                 let found = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Role>> {
                     Ok(auth::lookup(&dir, &i)?

@@ -260,6 +260,7 @@ pub fn start(options: Options) -> Result<Running> {
         verified: auth::Verified::default(),
         started: Instant::now(),
         uploads: Arc::new(tokio::sync::Semaphore::new(api::UPLOADS)),
+        verifying: tokio::sync::Semaphore::new(2),
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let server = std::thread::Builder::new()

@@ -415,8 +415,14 @@ impl Store {
     }
 
     /// Stores examples, class by class, in one transaction; returns each class's
-    /// example count after it. Nothing is stored if anything fails.
-    pub fn add_examples(&mut self, batch: &[(&str, &[Vec<f32>])]) -> Result<Vec<usize>> {
+    /// example count after it. Nothing is stored if anything fails. `unqueued`, an
+    /// input of the unknown queue being labelled, leaves the queue in the same
+    /// transaction (a retried label is not learnt twice).
+    pub fn add_examples(
+        &mut self,
+        batch: &[(&str, &[Vec<f32>])],
+        unqueued: Option<i64>,
+    ) -> Result<Vec<usize>> {
         let per = self.side * self.side;
         let at = now();
         let tx = self
@@ -438,6 +444,9 @@ impl Store {
                 let n: i64 = count.query_row([label], |r| r.get(0))?;
                 counts.push(n as usize);
             }
+        }
+        if let Some(id) = unqueued {
+            tx.execute("DELETE FROM unknown WHERE id = ?1", [id])?;
         }
         tx.commit()?;
         Ok(counts)
@@ -677,13 +686,6 @@ impl Store {
             })
             .optional()?;
         Ok(bytes.map(|b| from_bytes(&b)))
-    }
-
-    /// Removes an input from the unknown queue.
-    pub fn remove_unknown(&self, id: i64) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM unknown WHERE id = ?1", [id])?;
-        Ok(())
     }
 
     /// Removes weights files that no kept version names (an interrupted

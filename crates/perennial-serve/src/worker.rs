@@ -204,6 +204,9 @@ pub struct Worker {
     /// Bumped by a rollback or a forget: a consolidation started before is stale.
     epoch: u64,
     running: Option<u64>,
+    /// The unknown-queue input the next teaching labels (it leaves the queue in the
+    /// teaching's transaction).
+    unqueue: Option<i64>,
     /// Consolidations failed in a row, and when the policy may start one again.
     failures: u32,
     retry_after: Option<Instant>,
@@ -243,6 +246,7 @@ impl Worker {
             seq: 0,
             epoch: 0,
             running: None,
+            unqueue: None,
             failures: 0,
             retry_after: None,
         };
@@ -455,7 +459,7 @@ impl Worker {
             .iter()
             .map(|(l, im, _)| (l.as_str(), im.as_slice()))
             .collect();
-        let counts = match self.store.add_examples(&items) {
+        let counts = match self.store.add_examples(&items, self.unqueue.take()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("examples not stored: {e:#}");
@@ -523,9 +527,10 @@ impl Worker {
             .unknown_pixels(id)
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::not_found(format!("no input {id} in the unknown queue")))?;
-        let taught = self.learn_one(label, vec![px])?;
-        self.store.remove_unknown(id).map_err(ApiError::internal)?;
-        Ok(taught)
+        self.unqueue = Some(id);
+        let taught = self.learn_one(label, vec![px]);
+        self.unqueue = None;
+        taught
     }
 
     /// Starts a consolidation when asked, or when the learner's policy says so.

@@ -84,6 +84,14 @@ fn teaches_predicts_flags_unknown_learns_from_corrections_and_restarts_the_same(
         .unwrap();
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["examples"], 1);
+    // It has left the queue: labelling it again is refused, not learnt twice.
+    let (status, _) = w
+        .post_json(
+            &format!("/v1/unknown/{first}/label"),
+            &json!({"label": novel[0].name}),
+        )
+        .unwrap();
+    assert_eq!(status, 404);
 
     // A wrong prediction corrected: the class learns the drawing.
     let (id, truth, _) = ids
