@@ -329,16 +329,9 @@ impl Running {
 pub fn rollback(dir: &Path, version: Option<u64>) -> Result<u64> {
     let _lock = lock(dir).context("roll back a running server with POST /v1/rollback")?;
     let store = Store::open(dir)?;
-    let current = store.current()?;
     let target = match version {
         Some(v) => v,
-        None => store
-            .versions()?
-            .iter()
-            .filter(|v| v.kept && v.version < current)
-            .map(|v| v.version)
-            .max()
-            .ok_or_else(|| anyhow!("no earlier version is kept"))?,
+        None => store.previous_kept()?,
     };
     store.check_kept(target)?;
     // Its weights load (and match their checksum) before the store names it.

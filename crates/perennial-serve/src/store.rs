@@ -596,6 +596,27 @@ impl Store {
         Ok(())
     }
 
+    /// The newest kept version before the current one (a rollback's default target).
+    pub fn previous_kept(&self) -> Result<u64> {
+        let current = self.current()?;
+        self.versions()?
+            .iter()
+            .filter(|v| v.kept && v.version < current)
+            .map(|v| v.version)
+            .max()
+            .ok_or_else(|| anyhow!("no earlier version is kept"))
+    }
+
+    /// How many classes were first taught after example `upto` (new to the policy
+    /// since the consolidation that saw up to it).
+    pub fn classes_after(&self, upto: i64) -> Result<usize> {
+        Ok(self
+            .classes()?
+            .iter()
+            .filter(|(_, _, first)| *first > upto)
+            .count())
+    }
+
     /// Refuses a version that is not kept, naming those that are.
     pub fn check_kept(&self, version: u64) -> Result<()> {
         let versions = self.versions()?;

@@ -180,12 +180,7 @@ fn set_new_classes(learner: &mut LifelongLearner, store: &Store, version: u64) -
             .into_iter()
             .find(|v| v.version == version)
             .map_or(0, |v| v.upto);
-        let new = store
-            .classes()?
-            .iter()
-            .filter(|(_, _, first)| *first > upto)
-            .count();
-        learner.set_new_classes(new);
+        learner.set_new_classes(store.classes_after(upto)?);
     }
     Ok(())
 }
@@ -611,7 +606,7 @@ impl Worker {
             )?;
         }
         // Everything that can fail comes before the commit; after it, the swap.
-        let new_classes = self.new_classes_since(done.version.upto)?;
+        let new_classes = self.store.classes_after(done.version.upto)?;
         done.learner.set_new_classes(new_classes);
         self.store.add_version(&done.version)?;
         self.learner = done.learner;
@@ -628,16 +623,6 @@ impl Worker {
         Ok(())
     }
 
-    /// Classes first taught after example `upto`.
-    fn new_classes_since(&self, upto: i64) -> Result<usize> {
-        Ok(self
-            .store
-            .classes()?
-            .iter()
-            .filter(|(_, _, first)| *first > upto)
-            .count())
-    }
-
     fn rollback(&mut self, version: Option<u64>) -> Result<u64, ApiError> {
         if let Some(v) = self.running {
             return Err(ApiError::conflict(format!(
@@ -649,13 +634,8 @@ impl Worker {
             Some(v) => v,
             None => self
                 .store
-                .versions()
-                .map_err(ApiError::internal)?
-                .iter()
-                .filter(|v| v.kept && v.version < current)
-                .map(|v| v.version)
-                .max()
-                .ok_or_else(|| ApiError::conflict("no earlier version is kept"))?,
+                .previous_kept()
+                .map_err(|e| ApiError::conflict(e.to_string()))?,
         };
         self.store
             .check_kept(target)
