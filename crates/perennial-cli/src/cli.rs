@@ -143,6 +143,113 @@ pub enum TrainAlgorithm {
     /// OML: a representation on which a head learns classes online, one image at a
     /// time (Javed & White 2019); the encoder of `continual --strategy oml`.
     Oml(OmlArgs),
+    /// Relation Networks (Sung et al. 2018): a learned metric, a relation module
+    /// scoring (query, class) feature maps, trained on episodes with the MSE to the
+    /// one-hot target.
+    Relation(RelationArgs),
+    /// Matching Networks (Vinyals et al. 2016): cosine attention over the support set;
+    /// --fce for full-context embeddings.
+    Matching(MatchingArgs),
+    /// An embedding trained with the triplet loss on batches of --ways classes x
+    /// (--shots + --queries) images (an episode is one batch); classifies by the
+    /// nearest class mean.
+    Triplet(TripletArgs),
+    /// An embedding trained with the contrastive loss of Hadsell et al. 2006 on every
+    /// pair of a batch, or the supervised-contrastive loss (--loss supcon); batches as
+    /// for triplet.
+    Contrastive(ContrastiveArgs),
+}
+
+/// The optimiser and validation flags of the metric learners.
+#[derive(Debug, Args)]
+pub struct MetricArgs {
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Multiply the learning rate by --lr-gamma every this many episodes (0 = never).
+    #[arg(long, default_value_t = 2000)]
+    pub lr_step: u64,
+    /// Learning-rate decay factor.
+    #[arg(long, default_value_t = 0.5)]
+    pub lr_gamma: f64,
+    /// Classes per validation episode.
+    #[arg(long, default_value_t = 5)]
+    pub val_ways: usize,
+    /// Support examples per class in validation (default: --shots).
+    #[arg(long)]
+    pub val_shots: Option<usize>,
+}
+
+/// `train relation` flags.
+#[derive(Debug, Args)]
+pub struct RelationArgs {
+    #[command(flatten)]
+    pub common: TrainArgs,
+    #[command(flatten)]
+    pub metric: MetricArgs,
+}
+
+/// `train matching` flags.
+#[derive(Debug, Args)]
+pub struct MatchingArgs {
+    #[command(flatten)]
+    pub common: TrainArgs,
+    #[command(flatten)]
+    pub metric: MetricArgs,
+    /// Full-context embeddings: a bidirectional LSTM over the support set and an
+    /// attention LSTM for each query.
+    #[arg(long)]
+    pub fce: bool,
+    /// Multiply the cosine similarities by this before the softmax (the paper: 1).
+    #[arg(long, default_value_t = 10.0)]
+    pub scale: f64,
+}
+
+/// `train triplet` flags.
+#[derive(Debug, Args)]
+pub struct TripletArgs {
+    #[command(flatten)]
+    pub common: TrainArgs,
+    #[command(flatten)]
+    pub metric: MetricArgs,
+    /// The margin m (> 0).
+    #[arg(long, default_value_t = 0.2)]
+    pub margin: f64,
+    /// Which triplets: all, hard (batch-hard) or semi-hard.
+    #[arg(long, default_value = "semi-hard")]
+    pub mining: String,
+    /// Distance: euclidean (squared) or cosine (1 - cos).
+    #[arg(long, default_value = "euclidean")]
+    pub distance: String,
+    /// Keep embeddings as they are instead of scaling them to unit length.
+    #[arg(long)]
+    pub no_normalize: bool,
+}
+
+/// `train contrastive` flags.
+#[derive(Debug, Args)]
+pub struct ContrastiveArgs {
+    #[command(flatten)]
+    pub common: TrainArgs,
+    #[command(flatten)]
+    pub metric: MetricArgs,
+    /// The loss: pairs (Hadsell et al. 2006) or supcon (Khosla et al. 2020).
+    #[arg(long, default_value = "pairs")]
+    pub loss: String,
+    /// The margin of --loss pairs (> 0): pairs of two classes are pushed to this
+    /// distance.
+    #[arg(long, default_value_t = 1.0)]
+    pub margin: f64,
+    /// The temperature of --loss supcon (> 0).
+    #[arg(long, default_value_t = 0.1)]
+    pub temperature: f64,
+    /// Distance of --loss pairs: euclidean or cosine (1 - cos).
+    #[arg(long, default_value = "euclidean")]
+    pub distance: String,
+    /// Keep embeddings as they are instead of scaling them to unit length (--loss
+    /// pairs; supcon always normalises).
+    #[arg(long)]
+    pub no_normalize: bool,
 }
 
 /// Where the data is.
@@ -418,7 +525,8 @@ pub struct DownloadArgs {
 pub struct BenchArgs {
     /// Which family: protonet (protonet_5w1s15q, protonet_20w5s15q, data_5w1s15q,
     /// data_20w5s15q), maml (maml2_5w1s15q_mb32, fomaml_5w1s15q_mb32,
-    /// maml_sine_10shot_mb25, data_maml_5w1s15q_mb32) or serve (serve_predict_c8,
+    /// maml_sine_10shot_mb25, data_maml_5w1s15q_mb32), metric (relation_5w1s15q,
+    /// matching_5w1s15q, matching_fce_5w1s15q, triplet_semihard_p32k4) or serve (serve_predict_c8,
     /// serve_learn_c4: `perennial serve` under load, with 1000 classes taught).
     pub family: String,
     /// Print JSON lines (the only format; kept for symmetry with the peer script).

@@ -1351,3 +1351,288 @@ fn omniglot_classes_runs_on_a_lake_encoder() {
         &["--splits lake"],
     );
 }
+
+/// `train ALGORITHM` for a metric learner on 5-way 1-shot 5-query Omniglot episodes.
+fn metric_train_cmd(
+    data: &Path,
+    out: &Path,
+    algorithm: &str,
+    extra: &[&str],
+    episodes: u64,
+) -> Command {
+    let mut c = bin();
+    c.args([
+        "train",
+        algorithm,
+        "--ways",
+        "5",
+        "--shots",
+        "1",
+        "--queries",
+        "5",
+    ])
+    .args([
+        "--episodes",
+        &episodes.to_string(),
+        "--checkpoint-every",
+        "10",
+    ])
+    .args([
+        "--log-every",
+        "10",
+        "--val-every",
+        "40",
+        "--val-episodes",
+        "5",
+    ])
+    .args(["--seed", "1", "--device", "cpu", "--data-dir"])
+    .arg(data)
+    .arg("--out")
+    .arg(out)
+    .args(extra);
+    c
+}
+
+/// Issue #20: every metric learner trains on Omniglot's background classes, is clearly
+/// above chance on held-out (test-split) classes after 80 small updates, evaluates at
+/// other ways, adapts and predicts, and serves as a lifelong learner's encoder.
+#[test]
+fn metric_family_trains_evaluates_adapts_and_predicts_on_omniglot() {
+    let Some(data) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let eps = dir.path().join("episodes");
+    write_user_episodes(&data, &eps, 1);
+    for (label, algorithm, extra) in [
+        ("relation", "relation", &[][..]),
+        ("matching", "matching", &[]),
+        ("matching-fce", "matching", &["--fce"]),
+        ("triplet", "triplet", &[]),
+        (
+            "triplet-hard-cosine",
+            "triplet",
+            &["--mining", "hard", "--distance", "cosine"],
+        ),
+        ("triplet-all", "triplet", &["--mining", "all"]),
+        ("contrastive", "contrastive", &[]),
+        ("supcon", "contrastive", &["--loss", "supcon"]),
+    ] {
+        let run_dir = dir.path().join(label);
+        let out = run(&mut metric_train_cmd(&data, &run_dir, algorithm, extra, 80));
+        assert!(
+            out.status.success(),
+            "{label}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+        assert!(
+            config.contains(&format!("algorithm = \"{algorithm}\"")),
+            "{config}"
+        );
+        let eval = |ways: &str| -> f64 {
+            let out = run(bin()
+                .args([
+                    "eval",
+                    "--ways",
+                    ways,
+                    "--episodes",
+                    "20",
+                    "--json",
+                    "--device",
+                    "cpu",
+                ])
+                .arg(&run_dir));
+            assert!(
+                out.status.success(),
+                "{label}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["accuracy"].as_f64().unwrap()
+        };
+        let (five, twenty) = (eval("5"), eval("20"));
+        eprintln!("{label}: 80 updates, 5-way 1-shot {five:.3}, 20-way 1-shot {twenty:.3}");
+        // Chance is 0.2 and 0.05.
+        assert!(five > 0.45, "{label}: 5-way accuracy {five}");
+        assert!(twenty > 0.15, "{label}: 20-way accuracy {twenty}");
+        adapt_and_predict(&run_dir, &eps, dir.path(), 0.3);
+    }
+    // A triplet embedding of the background characters as the encoder of the lifelong
+    // learner on the 600-class stream (its first 20 classes).
+    let enc = dir.path().join("triplet-lake");
+    let mut t = metric_train_cmd(&data, &enc, "triplet", &["--splits", "lake"], 20);
+    let o = run(&mut t);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.path().join("stream");
+    let o = run(bin()
+        .args([
+            "continual",
+            "--stream",
+            "omniglot-classes",
+            "--json",
+            "--strategy",
+            "perennial",
+        ])
+        .args([
+            "--tasks",
+            "20",
+            "--consolidate-every",
+            "10",
+            "--consolidate-episodes",
+            "3",
+        ])
+        .arg("--encoder")
+        .arg(&enc)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let acc = line["acc"].as_f64().unwrap();
+    assert!(acc > 0.3 && acc <= 1.0, "{acc}");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    // The triplet embedding was meta-consolidated (with its own loss) twice.
+    assert_eq!(
+        result["consolidation"]["runs"].as_array().unwrap().len(),
+        2,
+        "{result}"
+    );
+}
+
+/// Issue #20: a killed triplet or FCE Matching run resumes to exactly the
+/// uninterrupted run; bad flags are refused with one line and exit 2.
+#[test]
+fn metric_runs_resume_exactly_and_bad_flags_are_refused() {
+    let Some(data) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (label, algorithm, extra) in [
+        ("triplet", "triplet", &["--mining", "all"][..]),
+        ("matching-fce", "matching", &["--fce"]),
+        ("relation", "relation", &[]),
+    ] {
+        let straight = dir.path().join(format!("{label}-straight"));
+        let killed = dir.path().join(format!("{label}-killed"));
+        let out = run(&mut metric_train_cmd(
+            &data, &straight, algorithm, extra, 40,
+        ));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        kill_after_checkpoint(
+            &mut metric_train_cmd(&data, &killed, algorithm, extra, 40),
+            &killed,
+            10,
+            40,
+        );
+        let out = run(bin()
+            .args(["train", algorithm, "--resume", "--device", "cpu", "--out"])
+            .arg(&killed));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            checkpoint_tensors(&straight),
+            checkpoint_tensors(&killed),
+            "{label}: resumed run diverged"
+        );
+    }
+    let refused = |algorithm: &str, extra: &[&str], needles: &[&str]| {
+        let out = run(&mut metric_train_cmd(
+            &data,
+            &dir.path().join("refused"),
+            algorithm,
+            extra,
+            10,
+        ));
+        assert_fails(&out, needles);
+        assert!(
+            !dir.path().join("refused").exists(),
+            "{algorithm} {extra:?} created a run"
+        );
+    };
+    refused(
+        "triplet",
+        &["--margin", "0"],
+        &["--margin", "must be positive"],
+    );
+    refused(
+        "triplet",
+        &["--margin=-0.5"],
+        &["--margin", "must be positive"],
+    );
+    refused(
+        "contrastive",
+        &["--margin", "0"],
+        &["--margin", "must be positive"],
+    );
+    refused(
+        "contrastive",
+        &["--loss", "supcon", "--temperature", "0"],
+        &["--temperature"],
+    );
+    refused(
+        "contrastive",
+        &["--loss", "infonce"],
+        &["--loss infonce", "pairs or supcon"],
+    );
+    refused(
+        "contrastive",
+        &["--loss", "supcon", "--no-normalize"],
+        &["--no-normalize"],
+    );
+    refused("triplet", &["--mining", "easy"], &["--mining", "semi-hard"]);
+    refused(
+        "triplet",
+        &["--distance", "manhattan"],
+        &["--distance", "cosine"],
+    );
+    refused(
+        "matching",
+        &["--scale", "0"],
+        &["--scale", "must be positive"],
+    );
+    refused(
+        "relation",
+        &["--init", "maml"],
+        &["--init maml", "Relation"],
+    );
+    refused(
+        "relation",
+        &["--dataset", "sinusoid"],
+        &["sinusoid", "classifies"],
+    );
+    // K = shots + queries < 2 images of a class: no anchor-positive pair.
+    let mut c = bin();
+    c.args([
+        "train",
+        "triplet",
+        "--shots",
+        "1",
+        "--queries",
+        "0",
+        "--device",
+        "cpu",
+    ])
+    .arg("--data-dir")
+    .arg(&data)
+    .arg("--out")
+    .arg(dir.path().join("refused"));
+    assert_fails(&run(&mut c), &["at least 2 images of each class"]);
+    // --fce belongs to matching alone: clap refuses it elsewhere (exit 2).
+    for algorithm in ["protonet", "relation", "triplet"] {
+        let out = run(&mut metric_train_cmd(
+            &data,
+            &dir.path().join("refused"),
+            algorithm,
+            &["--fce"],
+            10,
+        ));
+        assert_eq!(out.status.code(), Some(2), "{algorithm} --fce");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--fce"));
+    }
+}

@@ -23,7 +23,7 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::lifelong::oml::OmlConfig;
-use crate::meta::metric::ProtoNetConfig;
+use crate::meta::metric::{MatchingConfig, PairEmbeddingConfig, ProtoNetConfig, RelationConfig};
 use crate::meta::optimization::maml::MamlConfig;
 use crate::meta::optimization::reptile::ReptileConfig;
 use crate::nn::params::{load_named, save_named};
@@ -140,6 +140,26 @@ pub enum AlgorithmConfig {
         /// Its settings.
         oml: OmlConfig,
     },
+    /// Relation Networks.
+    Relation {
+        /// Its settings.
+        relation: RelationConfig,
+    },
+    /// Matching Networks.
+    Matching {
+        /// Its settings.
+        matching: MatchingConfig,
+    },
+    /// An embedding trained with the triplet loss.
+    Triplet {
+        /// Its settings.
+        triplet: PairEmbeddingConfig,
+    },
+    /// An embedding trained with a contrastive loss (pairs, or supervised-contrastive).
+    Contrastive {
+        /// Its settings.
+        contrastive: PairEmbeddingConfig,
+    },
 }
 
 impl AlgorithmConfig {
@@ -153,6 +173,10 @@ impl AlgorithmConfig {
             AlgorithmConfig::Metasgd { .. } => "metasgd",
             AlgorithmConfig::Reptile { .. } => "reptile",
             AlgorithmConfig::Oml { .. } => "oml",
+            AlgorithmConfig::Relation { .. } => "relation",
+            AlgorithmConfig::Matching { .. } => "matching",
+            AlgorithmConfig::Triplet { .. } => "triplet",
+            AlgorithmConfig::Contrastive { .. } => "contrastive",
         }
     }
 
@@ -220,6 +244,31 @@ impl AlgorithmConfig {
             _ => None,
         }
     }
+
+    /// The Relation Network's settings, for a Relation run.
+    pub fn relation(&self) -> Option<&RelationConfig> {
+        match self {
+            AlgorithmConfig::Relation { relation } => Some(relation),
+            _ => None,
+        }
+    }
+
+    /// Matching Networks' settings, for a Matching run.
+    pub fn matching(&self) -> Option<&MatchingConfig> {
+        match self {
+            AlgorithmConfig::Matching { matching } => Some(matching),
+            _ => None,
+        }
+    }
+
+    /// The settings of a triplet or contrastive run.
+    pub fn pair_embedding(&self) -> Option<&PairEmbeddingConfig> {
+        match self {
+            AlgorithmConfig::Triplet { triplet: p }
+            | AlgorithmConfig::Contrastive { contrastive: p } => Some(p),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for AlgorithmConfig {
@@ -258,6 +307,8 @@ impl RunConfig {
             .or_else(|| a.maml().map(|m| &m.net.backbone))
             .or_else(|| a.oml().map(|o| &o.backbone))
             .or_else(|| a.reptile().map(|r| &r.net.backbone))
+            .or_else(|| a.matching().map(|m| &m.backbone))
+            .or_else(|| a.pair_embedding().map(|p| &p.backbone))
     }
 
     /// The ways a learner with a fixed-size head was trained for (MAML family,
@@ -274,6 +325,9 @@ impl RunConfig {
 
     /// The side of the square images the learner takes, if it takes images.
     pub fn image_size(&self) -> Option<usize> {
+        if let Some(r) = self.algorithm.relation() {
+            return Some(r.image_size);
+        }
         match self.backbone()? {
             BackboneConfig::Conv4 { image_size, .. } => Some(*image_size),
             BackboneConfig::Mlp { .. } => None,

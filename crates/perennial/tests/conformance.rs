@@ -17,7 +17,7 @@ use std::path::Path;
 
 use perennial::checkpoint::{RunConfig, RunDir};
 use perennial::data::{EpisodeSpec, Rng};
-use perennial::meta::registry::{self, Algorithm};
+use perennial::meta::registry::{self, Algorithm, Family};
 use perennial::meta::MetaLearner;
 use perennial::nn::params::{load_named, save_named};
 use perennial::tensors::{accuracy, Batch, Task};
@@ -86,13 +86,13 @@ impl TaskSource for Synthetic {
 }
 
 /// The algorithm's defaults for the suite's episodes; the MAML family and Reptile
-/// meta-train on two tasks per update.
+/// meta-train on two tasks per update, the others on one.
 fn config(a: &Algorithm, seed: u64) -> RunConfig {
     let mut c = a.config(EPISODE, seed);
-    c.schedule.meta_batch = if a.name == "protonet" || a.name == "oml" {
-        1
-    } else {
+    c.schedule.meta_batch = if a.family == Family::Optimization {
         2
+    } else {
+        1
     };
     c.schedule.episodes = 6;
     c.schedule.checkpoint_every = 2;

@@ -8,7 +8,10 @@ use anyhow::{bail, Context, Result};
 use perennial::data::omniglot::{Split, SplitScheme};
 use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
 use perennial::data::{paths, EpisodeSampler, EpisodeSpec};
-use perennial::meta::metric::{ProtoNet, ProtoNetConfig};
+use perennial::meta::metric::{
+    Matching, MatchingConfig, PairEmbedding, PairEmbeddingConfig, ProtoNet, ProtoNetConfig,
+    Relation, RelationConfig,
+};
 use perennial::meta::optimization::fastnet::FastNetConfig;
 use perennial::meta::optimization::maml::{Maml, MamlConfig, MamlVariant};
 use perennial::meta::MetaLearner;
@@ -28,6 +31,16 @@ enum Work {
     Maml(MamlVariant),
     /// One MAML meta-iteration on sinusoid tasks (K = shots, MLP 1-40-40-1).
     Sine,
+    /// One Relation Network training episode.
+    Relation,
+    /// One Matching Networks training episode (with full-context embeddings or not).
+    Matching {
+        /// Full-context embeddings.
+        fce: bool,
+    },
+    /// One semi-hard triplet step on a batch of ways x (shots + queries) images
+    /// (margin 0.2, unit-length embeddings, squared Euclidean distance).
+    Triplet,
 }
 
 struct Bench {
@@ -142,13 +155,66 @@ const MAML: &[Bench] = &[
     },
 ];
 
+const METRIC: &[Bench] = &[
+    Bench {
+        name: "relation_5w1s15q",
+        spec: EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 15,
+        },
+        work: Work::Relation,
+        tasks: 1,
+        iters: 50,
+        warmup: 5,
+    },
+    Bench {
+        name: "matching_5w1s15q",
+        spec: EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 15,
+        },
+        work: Work::Matching { fce: false },
+        tasks: 1,
+        iters: 50,
+        warmup: 5,
+    },
+    Bench {
+        name: "matching_fce_5w1s15q",
+        spec: EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 15,
+        },
+        work: Work::Matching { fce: true },
+        tasks: 1,
+        iters: 50,
+        warmup: 5,
+    },
+    Bench {
+        // P = 32 classes x K = 4 images: one support and three query images each.
+        name: "triplet_semihard_p32k4",
+        spec: EpisodeSpec {
+            ways: 32,
+            shots: 1,
+            queries: 3,
+        },
+        work: Work::Triplet,
+        tasks: 1,
+        iters: 50,
+        warmup: 5,
+    },
+];
+
 /// Runs the benchmarks of a family.
 pub fn bench(a: BenchArgs) -> Result<()> {
     let family = match a.family.as_str() {
         "protonet" => PROTONET,
         "maml" => MAML,
+        "metric" => METRIC,
         "serve" => return serve(&a),
-        other => bail!("bench family {other:?}: known: protonet, maml, serve"),
+        other => bail!("bench family {other:?}: known: protonet, maml, metric, serve"),
     };
     let selected: Vec<&Bench> = match &a.bench {
         Some(name) => {
@@ -260,6 +326,25 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
                 inner_lr: 0.01,
                 ..Default::default()
             },
+            0,
+            device,
+        )?)),
+        Work::Relation => Some(Box::new(Relation::new(
+            RelationConfig::default(),
+            0,
+            device,
+        )?)),
+        Work::Matching { fce } => Some(Box::new(Matching::new(
+            MatchingConfig {
+                fce,
+                ..Default::default()
+            },
+            0,
+            device,
+        )?)),
+        // The defaults: semi-hard mining, margin 0.2, unit length, squared Euclidean.
+        Work::Triplet => Some(Box::new(PairEmbedding::new(
+            PairEmbeddingConfig::default(),
             0,
             device,
         )?)),

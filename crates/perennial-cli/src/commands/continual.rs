@@ -385,15 +385,16 @@ fn class_stream(
 ) -> Result<Setup> {
     let Some(encoder_dir) = a.encoder.as_ref() else {
         bail!(
-            "--stream omniglot-classes needs --encoder RUN_DIR: a ProtoNet or OML run \
-             meta-trained on the background characters (perennial train protonet|oml \
-             --splits lake ...)"
+            "--stream omniglot-classes needs --encoder RUN_DIR: a ProtoNet, Matching, \
+             triplet, contrastive, Relation or OML run meta-trained on the background \
+             characters (perennial train protonet|matching|triplet|... --splits lake ...)"
         );
     };
     let config = RunDir::open(encoder_dir)?.config()?;
-    let is_oml = config.algorithm.oml().is_some();
+    // Encoders that stay frozen: OML's and the Relation Network's.
+    let frozen = config.algorithm.oml().is_some() || config.algorithm.relation().is_some();
     let perennial = matches!(entry.kind, Kind::Lifelong);
-    let every = match (perennial, is_oml) {
+    let every = match (perennial, frozen) {
         (true, false) => a.consolidate_every.unwrap_or(50),
         _ => a.consolidate_every.unwrap_or(0),
     };

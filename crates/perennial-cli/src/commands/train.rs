@@ -8,7 +8,10 @@ use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
 use perennial::data::{paths, EpisodeSampler, EpisodeSpec};
 use perennial::eval::Summary;
 use perennial::lifelong::oml::OmlConfig;
-use perennial::meta::metric::ProtoNetConfig;
+use perennial::meta::metric::losses::PairDistance;
+use perennial::meta::metric::{
+    MatchingConfig, PairEmbeddingConfig, PairLoss, ProtoNetConfig, RelationConfig,
+};
 use perennial::meta::optimization::fastnet::FastNetConfig;
 use perennial::meta::optimization::maml::{MamlConfig, MamlVariant};
 use perennial::meta::optimization::reptile::ReptileConfig;
@@ -17,7 +20,10 @@ use perennial::nn::BackboneConfig;
 use perennial::optim::AdamConfig;
 use perennial::train::{build_learner, train, Observer, TaskSource};
 
-use crate::cli::{MamlArgs, OmlArgs, ProtonetArgs, ReptileArgs, TrainArgs};
+use crate::cli::{
+    ContrastiveArgs, MamlArgs, MatchingArgs, MetricArgs, OmlArgs, ProtonetArgs, RelationArgs,
+    ReptileArgs, TrainArgs, TripletArgs,
+};
 use crate::progress::bar;
 
 fn is_sinusoid(a: &TrainArgs) -> bool {
@@ -231,6 +237,163 @@ pub fn oml(a: OmlArgs, quiet: bool) -> Result<()> {
         )?)
     };
     run(&a.common, config, quiet)
+}
+
+/// The optimiser of a metric learner's flags.
+fn metric_optimizer(m: &MetricArgs) -> Result<AdamConfig> {
+    let o = AdamConfig {
+        lr: m.lr,
+        step_every: m.lr_step,
+        gamma: m.lr_gamma,
+        ..Default::default()
+    };
+    o.validate()?;
+    Ok(o)
+}
+
+/// Creates (or resumes) a metric learner's run: episodes of Omniglot only,
+/// validation episodes of `--val-ways` x `--val-shots`.
+fn metric_run(
+    common: &TrainArgs,
+    metric: &MetricArgs,
+    name: &str,
+    algorithm: impl FnOnce() -> Result<AlgorithmConfig>,
+    quiet: bool,
+) -> Result<()> {
+    let config = if common.resume {
+        None
+    } else {
+        if is_sinusoid(common) {
+            bail!("--dataset sinusoid: {name} classifies; use maml, fomaml, anil, metasgd or reptile for regression");
+        }
+        Some(base_config(
+            common,
+            algorithm()?,
+            1,
+            Some((metric.val_ways, metric.val_shots.unwrap_or(common.shots))),
+        )?)
+    };
+    run(common, config, quiet)
+}
+
+/// Trains (or resumes) a Relation Network run.
+pub fn relation(a: RelationArgs, quiet: bool) -> Result<()> {
+    if a.common.init != "torch" {
+        bail!("--init {}: the Relation Network has its own network, initialised as PyTorch does (--init torch)", a.common.init);
+    }
+    metric_run(
+        &a.common,
+        &a.metric,
+        "relation",
+        || {
+            let r = RelationConfig {
+                optimizer: metric_optimizer(&a.metric)?,
+                ..Default::default()
+            };
+            r.validate()?;
+            Ok(AlgorithmConfig::Relation { relation: r })
+        },
+        quiet,
+    )
+}
+
+/// Trains (or resumes) a Matching Networks run.
+pub fn matching(a: MatchingArgs, quiet: bool) -> Result<()> {
+    metric_run(
+        &a.common,
+        &a.metric,
+        "matching",
+        || {
+            let m = MatchingConfig {
+                backbone: conv4(&a.common)?,
+                fce: a.fce,
+                scale: a.scale,
+                optimizer: metric_optimizer(&a.metric)?,
+            };
+            m.validate()?;
+            Ok(AlgorithmConfig::Matching { matching: m })
+        },
+        quiet,
+    )
+}
+
+/// A triplet or contrastive run's batch: `ways` x (`shots` + `queries`) images, at
+/// least two of each class (an anchor and a positive).
+fn pair_batch(common: &TrainArgs) -> Result<()> {
+    let queries = common.queries.unwrap_or(15);
+    if common.shots + queries < 2 {
+        bail!(
+            "--shots {} --queries {queries}: a batch needs at least 2 images of each class \
+             (K = shots + queries, an anchor and a positive)",
+            common.shots
+        );
+    }
+    Ok(())
+}
+
+/// Trains (or resumes) a triplet-loss run.
+pub fn triplet(a: TripletArgs, quiet: bool) -> Result<()> {
+    metric_run(
+        &a.common,
+        &a.metric,
+        "triplet",
+        || {
+            pair_batch(&a.common)?;
+            let loss = PairLoss::Triplet {
+                margin: a.margin,
+                mining: a.mining.parse()?,
+                distance: a.distance.parse()?,
+            };
+            loss.validate()?;
+            Ok(AlgorithmConfig::Triplet {
+                triplet: PairEmbeddingConfig {
+                    backbone: conv4(&a.common)?,
+                    loss,
+                    normalize: !a.no_normalize,
+                    optimizer: metric_optimizer(&a.metric)?,
+                },
+            })
+        },
+        quiet,
+    )
+}
+
+/// Trains (or resumes) a contrastive-loss run.
+pub fn contrastive(a: ContrastiveArgs, quiet: bool) -> Result<()> {
+    metric_run(
+        &a.common,
+        &a.metric,
+        "contrastive",
+        || {
+            pair_batch(&a.common)?;
+            let distance: PairDistance = a.distance.parse()?;
+            let loss = match a.loss.as_str() {
+                "pairs" => PairLoss::Contrastive {
+                    margin: a.margin,
+                    distance,
+                },
+                "supcon" => {
+                    if a.no_normalize {
+                        bail!("--no-normalize: the supervised-contrastive loss compares unit-length embeddings");
+                    }
+                    PairLoss::SupCon {
+                        temperature: a.temperature,
+                    }
+                }
+                other => bail!("--loss {other}: expected pairs or supcon"),
+            };
+            loss.validate()?;
+            Ok(AlgorithmConfig::Contrastive {
+                contrastive: PairEmbeddingConfig {
+                    backbone: conv4(&a.common)?,
+                    loss,
+                    normalize: !a.no_normalize,
+                    optimizer: metric_optimizer(&a.metric)?,
+                },
+            })
+        },
+        quiet,
+    )
 }
 
 struct Bars {

@@ -1,6 +1,6 @@
 //! The representation a lifelong learner builds on: one [`Encoder`] trait for every
-//! meta-learned embedding (ProtoNet and OML today; the other metric and memory
-//! learners as they land), and [`Encoding`], an encoder with shift averaging.
+//! meta-learned embedding (ProtoNet, Matching Networks, triplet and contrastive
+//! embeddings, the Relation Network's feature maps and OML), and [`Encoding`], an encoder with shift averaging.
 //!
 //! An encoder is built from a trained run ([`open_run`]) and described by an
 //! [`EncoderSpec`] that is enough to rebuild it ([`build`]) once its tensors
@@ -16,7 +16,7 @@ use tch::{Device, Tensor};
 use crate::checkpoint::{RunConfig, RunDir};
 use crate::error::{Error, Result};
 use crate::lifelong::oml::Oml;
-use crate::meta::metric::ProtoNet;
+use crate::meta::metric::{Matching, PairEmbedding, ProtoNet, Relation};
 use crate::meta::MetaLearner;
 use crate::nn::{shift_averaged, Distance};
 
@@ -88,6 +88,41 @@ impl Embedding for ProtoNet {
         self.config().distance
     }
     const TRAINABLE: bool = true;
+}
+
+impl Embedding for Matching {
+    fn embed_eval(&self, x: &Tensor) -> Tensor {
+        Matching::embed_eval(self, x)
+    }
+    fn trained_distance(&self) -> Distance {
+        // Its attention compares cosines (a scale does not change the nearest class).
+        Distance::Cosine { scale: 10.0 }
+    }
+    const TRAINABLE: bool = true;
+}
+
+impl Embedding for PairEmbedding {
+    fn embed_eval(&self, x: &Tensor) -> Tensor {
+        PairEmbedding::embed_eval(self, x)
+    }
+    fn trained_distance(&self) -> Distance {
+        self.config().loss.class_distance()
+    }
+    const TRAINABLE: bool = true;
+}
+
+impl Embedding for Relation {
+    fn embed_eval(&self, x: &Tensor) -> Tensor {
+        Relation::embed_eval(self, x)
+    }
+    fn trained_distance(&self) -> Distance {
+        // Its metric is its relation module, which scores one (query, class) pair at
+        // a time; class means of its flattened feature maps are compared by the
+        // squared Euclidean distance instead, and the embedding stays frozen (training
+        // it further would train the relation module, not that distance).
+        Distance::SquaredEuclidean
+    }
+    const TRAINABLE: bool = false;
 }
 
 impl Embedding for Oml {
@@ -203,31 +238,49 @@ pub fn build(spec: &EncoderSpec) -> Result<Box<dyn Encoder>> {
     if !(lr > 0.0 && lr.is_finite()) {
         return Err(Error::config("--consolidate-lr", lr, "must be positive"));
     }
-    match (config.algorithm.protonet(), config.algorithm.oml()) {
-        (Some(p), _) => {
-            // The optimiser serves meta-consolidation only: its rate, no schedule.
-            let mut p = p.clone();
-            p.optimizer.lr = lr;
-            p.optimizer.step_every = 0;
-            Ok(Box::new(RunEncoder {
-                config: config.clone(),
-                consolidation_lr: lr,
-                net: ProtoNet::new(p, config.seed, Device::Cpu)?,
-            }))
-        }
-        (None, Some(o)) => Ok(Box::new(RunEncoder {
+    let a = &config.algorithm;
+    let with_lr = |mut o: crate::optim::AdamConfig| {
+        // The optimiser serves meta-consolidation only: its rate, no schedule.
+        o.lr = lr;
+        o.step_every = 0;
+        o
+    };
+    fn boxed<N: Embedding + 'static>(config: &RunConfig, lr: f64, net: N) -> Box<dyn Encoder> {
+        Box::new(RunEncoder {
             config: config.clone(),
             consolidation_lr: lr,
-            net: Oml::new(o.clone(), config.seed, Device::Cpu)?,
-        })),
-        (None, None) => Err(Error::config(
-            "encoder",
-            config.algorithm.name(),
-            "a lifelong learner builds on an embedding: the encoder must be a ProtoNet \
-             or OML run",
-        )),
+            net,
+        })
     }
+    let seed = config.seed;
+    let cpu = Device::Cpu;
+    if let Some(p) = a.protonet() {
+        let mut p = p.clone();
+        p.optimizer = with_lr(p.optimizer);
+        return Ok(boxed(config, lr, ProtoNet::new(p, seed, cpu)?));
+    }
+    if let Some(m) = a.matching() {
+        let mut m = m.clone();
+        m.optimizer = with_lr(m.optimizer);
+        return Ok(boxed(config, lr, Matching::new(m, seed, cpu)?));
+    }
+    if let Some(p) = a.pair_embedding() {
+        let mut p = p.clone();
+        p.optimizer = with_lr(p.optimizer);
+        return Ok(boxed(config, lr, PairEmbedding::new(p, seed, cpu)?));
+    }
+    if let Some(r) = a.relation() {
+        return Ok(boxed(config, lr, Relation::new(r.clone(), seed, cpu)?));
+    }
+    if let Some(o) = a.oml() {
+        return Ok(boxed(config, lr, Oml::new(o.clone(), seed, cpu)?));
+    }
+    Err(Error::config("encoder", a.name(), NOT_AN_EMBEDDING))
 }
+
+/// Why a run's learner cannot be an encoder.
+const NOT_AN_EMBEDDING: &str = "a lifelong learner builds on an embedding: the encoder must be a \
+     ProtoNet, Matching, triplet, contrastive, Relation or OML run";
 
 /// The embedding of the run in `dir` (its best model), whose further meta-training
 /// (meta-consolidation) takes Adam steps of `consolidation_lr`.
@@ -239,10 +292,9 @@ pub fn open_run(dir: &Path, consolidation_lr: f64) -> Result<Box<dyn Encoder>> {
         consolidation_lr,
     })
     .map_err(|e| match e {
-        Error::Config { name, .. } if name == "encoder" => Error::run(
-            dir,
-            "not an embedding: the encoder must be a ProtoNet or OML run",
-        ),
+        Error::Config { name, .. } if name == "encoder" => {
+            Error::run(dir, format!("not an embedding: {NOT_AN_EMBEDDING}"))
+        }
         e => e,
     })?;
     encoder.load_weights(&run.load_best()?)?;

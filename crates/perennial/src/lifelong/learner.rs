@@ -265,7 +265,8 @@ impl LifelongLearner {
         })
     }
 
-    /// A learner on the embedding of the trained run in `dir` (a ProtoNet or OML run).
+    /// A learner on the embedding of the trained run in `dir` (any run whose learner
+    /// has an embedding: [`super::encoder::open_run`]).
     pub fn from_run(dir: &Path, config: LearnerConfig) -> Result<Self> {
         let encoder = encoder::open_run(dir, config.consolidation_lr)?;
         Self::new(encoder, config)

@@ -59,6 +59,48 @@ pub struct StepReport {
     pub accuracy: Option<f64>,
 }
 
+/// The mean of per-task losses over `tasks` (`each` gives a task's differentiable loss
+/// and its query accuracy) and the report of the update, for learners that train on
+/// one episode at a time; `None` for no tasks. The caller backpropagates the mean and
+/// steps its optimiser.
+pub(crate) fn mean_task_loss(
+    tasks: &[Task],
+    mut each: impl FnMut(&Task) -> (Tensor, f64),
+) -> (Option<Tensor>, StepReport) {
+    let mut report = StepReport::default();
+    let mut acc = 0.0;
+    let mut total: Option<Tensor> = None;
+    for task in tasks {
+        let (loss, a) = each(task);
+        report.loss += loss.double_value(&[]);
+        acc += a;
+        total = Some(match total {
+            None => loss,
+            Some(t) => t + loss,
+        });
+    }
+    let n = tasks.len().max(1) as f64;
+    report.loss /= n;
+    report.accuracy = Some(acc / n);
+    (total.map(|t| t / n), report)
+}
+
+/// The tensor `name` of a saved adapted model, on `device`.
+pub(crate) fn adapted_tensor(
+    named: &[(String, Tensor)],
+    name: &str,
+    device: tch::Device,
+) -> Result<Tensor> {
+    named
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t.to_device(device))
+        .ok_or_else(|| crate::error::Error::Parameters {
+            name: name.into(),
+            reason: "missing from the adapted model".into(),
+        })
+}
+
 /// A meta-learning algorithm.
 pub trait MetaLearner {
     /// The algorithm's name (as on the command line).

@@ -13,7 +13,10 @@ use crate::data::omniglot::{Split, SplitScheme};
 use crate::data::EpisodeSpec;
 use crate::error::{Error, Result};
 use crate::lifelong::oml::{Oml, OmlConfig};
-use crate::meta::metric::{ProtoNet, ProtoNetConfig};
+use crate::meta::metric::{
+    Matching, MatchingConfig, PairEmbedding, PairEmbeddingConfig, ProtoNet, ProtoNetConfig,
+    Relation, RelationConfig,
+};
 use crate::meta::optimization::maml::{Maml, MamlConfig, MamlVariant};
 use crate::meta::optimization::reptile::{Reptile, ReptileConfig};
 use crate::meta::MetaLearner;
@@ -129,7 +132,7 @@ pub fn all() -> &'static [Algorithm] {
     &ALGORITHMS
 }
 
-static ALGORITHMS: [Algorithm; 7] = [
+static ALGORITHMS: [Algorithm; 11] = [
     Algorithm {
         name: "protonet",
         family: Family::Metric,
@@ -200,7 +203,67 @@ static ALGORITHMS: [Algorithm; 7] = [
             Ok(Box::new(Oml::new(o, c.seed, device)?))
         },
     },
+    Algorithm {
+        name: "relation",
+        family: Family::Metric,
+        summary: "Relation Networks (Sung et al. 2018): a learned metric scoring (query, class) feature maps",
+        settings: |_| AlgorithmConfig::Relation {
+            relation: RelationConfig::default(),
+        },
+        build: |c, device| {
+            let r = c.algorithm.relation().cloned();
+            let r = r.ok_or_else(|| missing(c, "relation"))?;
+            Ok(Box::new(Relation::new(r, c.seed, device)?))
+        },
+    },
+    Algorithm {
+        name: "matching",
+        family: Family::Metric,
+        summary: "Matching Networks (Vinyals et al. 2016): cosine attention over the support set, optional full-context embeddings",
+        settings: |_| AlgorithmConfig::Matching {
+            matching: MatchingConfig::default(),
+        },
+        build: |c, device| {
+            let m = c.algorithm.matching().cloned();
+            let m = m.ok_or_else(|| missing(c, "matching"))?;
+            Ok(Box::new(Matching::new(m, c.seed, device)?))
+        },
+    },
+    Algorithm {
+        name: "triplet",
+        family: Family::Metric,
+        summary: "an embedding trained with the triplet loss (all, batch-hard or semi-hard mining); nearest class mean",
+        settings: |_| AlgorithmConfig::Triplet {
+            triplet: PairEmbeddingConfig::default(),
+        },
+        build: build_pairs,
+    },
+    Algorithm {
+        name: "contrastive",
+        family: Family::Metric,
+        summary: "an embedding trained with the contrastive (Hadsell et al. 2006) or supervised-contrastive (Khosla et al. 2020) loss; nearest class mean",
+        settings: |_| AlgorithmConfig::Contrastive {
+            contrastive: PairEmbeddingConfig::contrastive(),
+        },
+        build: build_pairs,
+    },
 ];
+
+fn build_pairs(config: &RunConfig, device: Device) -> Result<Box<dyn MetaLearner>> {
+    let p = config
+        .algorithm
+        .pair_embedding()
+        .cloned()
+        .ok_or_else(|| missing(config, config.algorithm.name()))?;
+    if p.loss.algorithm() != config.algorithm.name() {
+        return Err(Error::config(
+            "loss",
+            p.loss.algorithm(),
+            format!("does not match algorithm {}", config.algorithm.name()),
+        ));
+    }
+    Ok(Box::new(PairEmbedding::new(p, config.seed, device)?))
+}
 
 /// The registered algorithm `name`.
 pub fn find(name: &str) -> Result<&'static Algorithm> {

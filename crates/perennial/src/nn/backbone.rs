@@ -139,7 +139,7 @@ impl BackboneConfig {
 /// PyTorch's default initialisation for convolutions and linear layers
 /// (`kaiming_uniform(a = √5)`, i.e. U(−1/√fan_in, 1/√fan_in), and the same for biases),
 /// drawn from Perennial's own generator so it does not depend on libtorch's.
-fn uniform(rng: &mut Rng, shape: &[i64], bound: f64, device: Device) -> Tensor {
+pub(crate) fn uniform(rng: &mut Rng, shape: &[i64], bound: f64, device: Device) -> Tensor {
     let n: i64 = shape.iter().product();
     let v: Vec<f32> = (0..n)
         .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)

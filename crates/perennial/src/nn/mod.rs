@@ -9,7 +9,8 @@ mod distance;
 pub mod params;
 pub mod shift;
 
-pub use backbone::{linear_tasks, Backbone, BackboneConfig, Conv4, ConvInit, Mlp};
+pub(crate) use backbone::uniform;
+pub use backbone::{channels_last, linear_tasks, Backbone, BackboneConfig, Conv4, ConvInit, Mlp};
 pub use distance::Distance;
 pub use params::ParamSet;
 pub use shift::{shift_averaged, translations};

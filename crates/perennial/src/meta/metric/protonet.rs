@@ -7,8 +7,10 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
-use crate::meta::{Adapted, MetaLearner, Parts, PartsMut, StepReport};
+use crate::error::Result;
+use crate::meta::{
+    adapted_tensor, mean_task_loss, Adapted, MetaLearner, Parts, PartsMut, StepReport,
+};
 use crate::nn::{Backbone, BackboneConfig, Distance, ParamSet};
 use crate::optim::{Adam, AdamConfig};
 use crate::tensors::{accuracy, Batch, Task};
@@ -75,7 +77,7 @@ impl ProtoNet {
 }
 
 /// Class means of `emb` (`[n, d]`) under labels `0..ways`.
-fn prototypes(emb: &Tensor, labels: &Tensor, ways: usize) -> Tensor {
+pub(crate) fn prototypes(emb: &Tensor, labels: &Tensor, ways: usize) -> Tensor {
     let onehot = labels.one_hot(ways as i64).to_kind(emb.kind()); // [n, ways]
     let counts = onehot.sum_dim_intlist(0, false, None::<Kind>).unsqueeze(1); // [ways, 1]
     onehot.transpose(0, 1).matmul(emb) / counts
@@ -129,25 +131,13 @@ impl MetaLearner for ProtoNet {
     }
 
     fn load_adapted<'a>(&'a self, named: &[(String, Tensor)]) -> Result<Box<dyn Adapted + 'a>> {
-        let protos = named
-            .iter()
-            .find(|(n, _)| n == "prototypes")
-            .ok_or_else(|| Error::Parameters {
-                name: "prototypes".into(),
-                reason: "missing from the adapted model".into(),
-            })?;
         let device = self.params.tensors()[0].device();
-        Ok(Box::new(ProtoAdapted {
-            net: self,
-            protos: protos.1.to_device(device),
-        }))
+        let protos = adapted_tensor(named, "prototypes", device)?;
+        Ok(Box::new(ProtoAdapted { net: self, protos }))
     }
 
     fn meta_step(&mut self, tasks: &[Task]) -> StepReport {
-        let mut report = StepReport::default();
-        let mut acc = 0.0;
-        let mut total: Option<Tensor> = None;
-        for task in tasks {
+        let (total, report) = mean_task_loss(tasks, |task| {
             let ns = task.support.len() as i64;
             let x = Tensor::cat(&[&task.support.x, &task.query.x], 0);
             let emb = self.embed(&x, true);
@@ -157,20 +147,12 @@ impl MetaLearner for ProtoNet {
                 .distance
                 .logits(&emb.narrow(0, ns, emb.size()[0] - ns), &protos);
             let loss = logits.cross_entropy_for_logits(&task.query.y);
-            report.loss += loss.double_value(&[]);
-            acc += accuracy(&logits, &task.query.y);
-            total = Some(match total {
-                None => loss,
-                Some(t) => t + loss,
-            });
-        }
-        let n = tasks.len().max(1) as f64;
+            (loss, accuracy(&logits, &task.query.y))
+        });
         if let Some(t) = total {
-            (t / n).backward();
+            t.backward();
             self.adam.step(&self.params);
         }
-        report.loss /= n;
-        report.accuracy = Some(acc / n);
         report
     }
 }
