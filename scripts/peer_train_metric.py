@@ -37,8 +37,9 @@ sys.path.insert(0, HERE)
 # --------------------------------------------------------------------------
 
 def relation_model():
-    """Sung et al. 2018, as bench_relation: 64x5x5 maps, a class is the sum of its
-    support maps, relation module on [query; class] -> sigmoid score, MSE to one-hot."""
+    """Sung et al. 2018, as bench_relation: 64x5x5 maps, a class is the mean of its
+    support maps (Perennial's choice; bench_relation and the paper sum them, the same
+    at one shot), relation module on [query; class] -> sigmoid score, MSE to one-hot."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -52,7 +53,7 @@ def relation_model():
         f = embed(x)
         c, h, w = f.shape[1:]
         f = f.reshape(ways, shots + queries, c, h, w)
-        classes = f[:, :shots].sum(dim=1)                        # [ways, c, h, w]
+        classes = f[:, :shots].mean(dim=1)                       # [ways, c, h, w]
         q = f[:, shots:].reshape(ways * queries, c, h, w)         # [Q, c, h, w]
         pairs = torch.cat([q.unsqueeze(1).expand(-1, ways, -1, -1, -1),
                            classes.unsqueeze(0).expand(q.shape[0], -1, -1, -1, -1)], dim=2)
