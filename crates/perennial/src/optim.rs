@@ -112,6 +112,15 @@ impl Adam {
         });
     }
 
+    /// Backpropagates `loss` (when there is one) into `params` and takes one
+    /// [`Adam::step`]: the end of every episodic learner's update.
+    pub fn minimise(&mut self, params: &ParamSet, loss: Option<Tensor>) {
+        if let Some(loss) = loss {
+            loss.backward();
+            self.step(params);
+        }
+    }
+
     fn apply<'g>(&mut self, params: &ParamSet, grads: impl Iterator<Item = Option<&'g Tensor>>) {
         let c = &self.config;
         let lr = c.lr_at(self.t);

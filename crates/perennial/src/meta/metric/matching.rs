@@ -291,10 +291,7 @@ impl MetaLearner for Matching {
             let logp = Matching::log_probs(&f, &g, &onehot, self.config.scale);
             (logp.nll_loss(&task.query.y), accuracy(&logp, &task.query.y))
         });
-        if let Some(t) = total {
-            t.backward();
-            self.adam.step(&self.params);
-        }
+        self.adam.minimise(&self.params, total);
         report
     }
 

@@ -9,7 +9,7 @@
 use tch::{Device, Tensor};
 
 use super::losses::{self, Mining, PairDistance};
-use super::protonet::prototypes;
+use super::protonet::{prototypes, query_logits};
 use crate::error::{Error, Result};
 use crate::meta::{
     adapted_tensor, mean_task_loss, Adapted, MetaLearner, Parts, PartsMut, StepReport,
@@ -250,27 +250,17 @@ impl MetaLearner for PairEmbedding {
     /// accuracy of the queries against the support in that batch's embedding.
     fn meta_step(&mut self, tasks: &[Task]) -> StepReport {
         let (total, report) = mean_task_loss(tasks, |task| {
-            let ns = task.support.len() as i64;
             let x = Tensor::cat(&[&task.support.x, &task.query.x], 0);
             let y = Tensor::cat(&[&task.support.y, &task.query.y], 0);
             let e = self.embed(&x, true);
             let loss = self.config.loss.loss(&e, &y);
             let acc = tch::no_grad(|| {
-                let e = e.detach();
-                let means = prototypes(&e.narrow(0, 0, ns), &task.support.y, task.support.ways);
-                let logits = self
-                    .config
-                    .loss
-                    .class_distance()
-                    .logits(&e.narrow(0, ns, e.size()[0] - ns), &means);
+                let logits = query_logits(&self.config.loss.class_distance(), &e.detach(), task);
                 accuracy(&logits, &task.query.y)
             });
             (loss, acc)
         });
-        if let Some(t) = total {
-            t.backward();
-            self.adam.step(&self.params);
-        }
+        self.adam.minimise(&self.params, total);
         report
     }
 

@@ -83,6 +83,14 @@ pub(crate) fn prototypes(emb: &Tensor, labels: &Tensor, ways: usize) -> Tensor {
     onehot.transpose(0, 1).matmul(emb) / counts
 }
 
+/// Logits of the queries against the class means of the support, in `emb`: the
+/// embeddings of a task's support images followed by its query images.
+pub(crate) fn query_logits(distance: &Distance, emb: &Tensor, task: &Task) -> Tensor {
+    let ns = task.support.len() as i64;
+    let protos = prototypes(&emb.narrow(0, 0, ns), &task.support.y, task.support.ways);
+    distance.logits(&emb.narrow(0, ns, emb.size()[0] - ns), &protos)
+}
+
 struct ProtoAdapted<'a> {
     net: &'a ProtoNet,
     protos: Tensor,
@@ -138,21 +146,13 @@ impl MetaLearner for ProtoNet {
 
     fn meta_step(&mut self, tasks: &[Task]) -> StepReport {
         let (total, report) = mean_task_loss(tasks, |task| {
-            let ns = task.support.len() as i64;
             let x = Tensor::cat(&[&task.support.x, &task.query.x], 0);
             let emb = self.embed(&x, true);
-            let protos = prototypes(&emb.narrow(0, 0, ns), &task.support.y, task.support.ways);
-            let logits = self
-                .config
-                .distance
-                .logits(&emb.narrow(0, ns, emb.size()[0] - ns), &protos);
+            let logits = query_logits(&self.config.distance, &emb, task);
             let loss = logits.cross_entropy_for_logits(&task.query.y);
             (loss, accuracy(&logits, &task.query.y))
         });
-        if let Some(t) = total {
-            t.backward();
-            self.adam.step(&self.params);
-        }
+        self.adam.minimise(&self.params, total);
         report
     }
 }

@@ -372,10 +372,7 @@ impl MetaLearner for Relation {
             let loss = scores.mse_loss(&target, tch::Reduction::Mean);
             (loss, accuracy(&scores, &task.query.y))
         });
-        if let Some(t) = total {
-            t.backward();
-            self.adam.step(&self.params);
-        }
+        self.adam.minimise(&self.params, total);
         report
     }
 
