@@ -3,9 +3,9 @@
 # machine and threads, then a table of the ratios.
 #
 #   bash ../shared/peers/setup_venv.sh ../peer-venv      # once: the peer's venv
-#   PEER_PY=../peer-venv/bin/python bash scripts/bench-vs-peer.sh protonet|maml|metric [ROUNDS] > bench/results/FILE.jsonl
+#   PEER_PY=../peer-venv/bin/python bash scripts/bench-vs-peer.sh protonet|maml|metric|memory [ROUNDS] > bench/results/FILE.jsonl
 #
-# (metric's peer is plain PyTorch alone: any venv with torch 2.13 serves.)
+# (metric's and memory's peer is plain PyTorch alone: any venv with torch 2.13 serves.)
 #
 # Prints JSON lines on stdout (ours with "impl": "perennial", the peer's as it writes
 # them) and the table on stderr.
@@ -21,6 +21,7 @@ case "$family" in
   protonet) names="protonet_5w1s15q protonet_20w5s15q data_5w1s15q data_20w5s15q" ;;
   maml) names="maml2_5w1s15q_mb32 fomaml_5w1s15q_mb32 maml_sine_10shot_mb25 data_maml_5w1s15q_mb32" ;;
   metric) names="relation_5w1s15q matching_5w1s15q matching_fce_5w1s15q triplet_semihard_p32k4" ;;
+  memory) names="mann_lrua_5c10i_b16 kvmem_5w1s15q" ;;
   *) echo "unknown family $family" >&2; exit 2 ;;
 esac
 cargo build --release --locked -p perennial-cli >&2

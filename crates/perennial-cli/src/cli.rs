@@ -158,6 +158,74 @@ pub enum TrainAlgorithm {
     /// pair of a batch, or the supervised-contrastive loss (--loss supcon); batches as
     /// for triplet.
     Contrastive(ContrastiveArgs),
+    /// Memory-augmented networks (Santoro et al. 2016): an LSTM controller with an
+    /// external memory read by content and written by least-recently-used access; each
+    /// episode is one sequence of --ways classes x --instances images, each step shown
+    /// with the previous step's label. --no-memory trains the LSTM baseline.
+    Mann(MannArgs),
+    /// A learned key-value memory (Kaiser et al. 2017): a Conv4 embedding whose
+    /// normalised keys are written with their labels into a memory read by nearest
+    /// neighbour, trained with the memory's margin loss on N-way K-shot episodes.
+    #[command(name = "kv-memory")]
+    KvMemory(KvMemoryArgs),
+}
+
+/// `train kv-memory` flags.
+#[derive(Debug, Args)]
+pub struct KvMemoryArgs {
+    #[command(flatten)]
+    pub common: TrainArgs,
+    #[command(flatten)]
+    pub metric: MetricArgs,
+    /// Width of a key (20-way needs 256, the reference code's note says).
+    #[arg(long, default_value_t = 256)]
+    pub key_dim: usize,
+    /// Memory slots per episode.
+    #[arg(long, default_value_t = 8192)]
+    pub memory_size: usize,
+    /// Nearest keys the memory loss looks at.
+    #[arg(long, default_value_t = 256)]
+    pub knn: usize,
+    /// The memory loss's margin α.
+    #[arg(long, default_value_t = 0.1)]
+    pub margin: f64,
+}
+
+/// `train mann` flags.
+#[derive(Debug, Args)]
+pub struct MannArgs {
+    #[command(flatten)]
+    pub common: TrainArgs,
+    /// Presentations of each class in a sequence (the paper: 10).
+    #[arg(long, default_value_t = 10)]
+    pub instances: usize,
+    /// Episodes (sequences) per update.
+    #[arg(long, default_value_t = 16)]
+    pub meta_batch: u64,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Clip the gradient's global norm to this (0 = off).
+    #[arg(long, default_value_t = 10.0)]
+    pub clip_norm: f64,
+    /// LSTM controller units.
+    #[arg(long, default_value_t = 200)]
+    pub hidden: usize,
+    /// Memory slots.
+    #[arg(long, default_value_t = 128)]
+    pub memory_slots: usize,
+    /// Width of a memory slot.
+    #[arg(long, default_value_t = 40)]
+    pub memory_width: usize,
+    /// Read heads.
+    #[arg(long, default_value_t = 4)]
+    pub read_heads: usize,
+    /// Usage decay.
+    #[arg(long, default_value_t = 0.95)]
+    pub gamma: f64,
+    /// No external memory: the LSTM baseline.
+    #[arg(long)]
+    pub no_memory: bool,
 }
 
 /// The optimiser and validation flags of the metric learners.
@@ -435,9 +503,10 @@ pub struct EvalArgs {
     /// Support examples per class.
     #[arg(long, default_value_t = 1)]
     pub shots: usize,
-    /// Query examples per class.
-    #[arg(long, default_value_t = 15)]
-    pub queries: usize,
+    /// Query examples per class (default 15; for a memory-augmented network: the run's
+    /// own, so that a sequence shows each class as often as in training).
+    #[arg(long)]
+    pub queries: Option<usize>,
     /// Episodes.
     #[arg(long, default_value_t = 1000)]
     pub episodes: u64,
@@ -526,7 +595,8 @@ pub struct BenchArgs {
     /// Which family: protonet (protonet_5w1s15q, protonet_20w5s15q, data_5w1s15q,
     /// data_20w5s15q), maml (maml2_5w1s15q_mb32, fomaml_5w1s15q_mb32,
     /// maml_sine_10shot_mb25, data_maml_5w1s15q_mb32), metric (relation_5w1s15q,
-    /// matching_5w1s15q, matching_fce_5w1s15q, triplet_semihard_p32k4) or serve (serve_predict_c8,
+    /// matching_5w1s15q, matching_fce_5w1s15q, triplet_semihard_p32k4), memory
+    /// (mann_lrua_5c10i_b16, kvmem_5w1s15q) or serve (serve_predict_c8,
     /// serve_learn_c4: `perennial serve` under load, with 1000 classes taught).
     pub family: String,
     /// Print JSON lines (the only format; kept for symmetry with the peer script).
@@ -578,8 +648,9 @@ pub struct ContinualArgs {
     /// consolidation), agem (averaged GEM), mer (meta-experience replay) or lamaml
     /// (look-ahead MAML with learned rates), on every stream (on omniglot-classes, on a
     /// head over the encoder's features); and on omniglot-classes only, perennial
-    /// (Perennial's lifelong learner: prototypes, unknown flag, meta-consolidation) or oml
-    /// (OML's online head on an OML encoder).
+    /// (Perennial's lifelong learner: prototypes, unknown flag, meta-consolidation), oml
+    /// (OML's online head on an OML encoder) or kv-memory (Kaiser et al.'s key-value
+    /// memory of examples on a kv-memory encoder).
     #[arg(long, default_value = "naive")]
     pub strategy: String,
     /// Split-MNIST's scenario: task (the task is known at test time) or class.
@@ -660,6 +731,10 @@ pub struct ContinualArgs {
     /// (default: the step it was meta-trained with).
     #[arg(long)]
     pub oml_lr: Option<f64>,
+    /// omniglot-classes, kv-memory: memory slots (default: one per training image of
+    /// the stream, so nothing is overwritten).
+    #[arg(long)]
+    pub memory_size: Option<usize>,
     /// omniglot-classes, perennial: meta-consolidate the encoder after every this many
     /// classes, on episodes replayed from the learnt classes' training images, then
     /// rebuild the prototypes (0: never; default 50 on a ProtoNet encoder, 0 on an

@@ -23,6 +23,7 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::lifelong::oml::OmlConfig;
+use crate::meta::memory::{KvMemoryConfig, MannConfig};
 use crate::meta::metric::{MatchingConfig, PairEmbeddingConfig, ProtoNetConfig, RelationConfig};
 use crate::meta::optimization::maml::MamlConfig;
 use crate::meta::optimization::reptile::ReptileConfig;
@@ -160,6 +161,17 @@ pub enum AlgorithmConfig {
         /// Its settings.
         contrastive: PairEmbeddingConfig,
     },
+    /// A memory-augmented network (or its LSTM baseline).
+    Mann {
+        /// Its settings.
+        mann: MannConfig,
+    },
+    /// A learned key-value memory.
+    #[serde(rename = "kv-memory")]
+    KvMemory {
+        /// Its settings.
+        kv_memory: KvMemoryConfig,
+    },
 }
 
 impl AlgorithmConfig {
@@ -177,6 +189,8 @@ impl AlgorithmConfig {
             AlgorithmConfig::Matching { .. } => "matching",
             AlgorithmConfig::Triplet { .. } => "triplet",
             AlgorithmConfig::Contrastive { .. } => "contrastive",
+            AlgorithmConfig::Mann { .. } => "mann",
+            AlgorithmConfig::KvMemory { .. } => "kv-memory",
         }
     }
 
@@ -261,6 +275,22 @@ impl AlgorithmConfig {
         }
     }
 
+    /// The memory-augmented network's settings, for a MANN run.
+    pub fn mann(&self) -> Option<&MannConfig> {
+        match self {
+            AlgorithmConfig::Mann { mann } => Some(mann),
+            _ => None,
+        }
+    }
+
+    /// The key-value memory's settings, for a kv-memory run.
+    pub fn kv_memory(&self) -> Option<&KvMemoryConfig> {
+        match self {
+            AlgorithmConfig::KvMemory { kv_memory } => Some(kv_memory),
+            _ => None,
+        }
+    }
+
     /// The settings of a triplet or contrastive run.
     pub fn pair_embedding(&self) -> Option<&PairEmbeddingConfig> {
         match self {
@@ -308,6 +338,7 @@ impl RunConfig {
             .or_else(|| a.oml().map(|o| &o.backbone))
             .or_else(|| a.reptile().map(|r| &r.net.backbone))
             .or_else(|| a.matching().map(|m| &m.backbone))
+            .or_else(|| a.kv_memory().map(|k| &k.backbone))
             .or_else(|| a.pair_embedding().map(|p| &p.backbone))
     }
 
@@ -321,12 +352,16 @@ impl RunConfig {
         a.maml()
             .map(|m| m.net.outputs)
             .or_else(|| a.reptile().map(|r| r.net.outputs))
+            .or_else(|| a.mann().map(|m| m.classes))
     }
 
     /// The side of the square images the learner takes, if it takes images.
     pub fn image_size(&self) -> Option<usize> {
         if let Some(r) = self.algorithm.relation() {
             return Some(r.image_size);
+        }
+        if let Some(m) = self.algorithm.mann() {
+            return Some(m.input_size);
         }
         match self.backbone()? {
             BackboneConfig::Conv4 { image_size, .. } => Some(*image_size),

@@ -77,6 +77,54 @@ pub fn evaluate(
     summarize(&accs)
 }
 
+/// A sequence learner's evaluation ([`MetaLearner::sequence_record`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SequenceSummary {
+    /// Accuracy over every step of a sequence, summarised over episodes.
+    pub summary: Summary,
+    /// Entry `i`: the accuracy on the (i+1)-th presentation of a class, over every
+    /// episode (as Santoro et al.'s Table 1 reports it).
+    pub by_instance: Vec<f64>,
+    /// How many steps each entry of `by_instance` averages.
+    pub counts: Vec<usize>,
+}
+
+/// Evaluates a sequence learner on a sequence of episodes (each read whole, support
+/// and query, as one labelled sequence); `None` when the learner does not read tasks
+/// as sequences. `each(i, acc)` is called after every episode.
+pub fn evaluate_sequences(
+    learner: &dyn MetaLearner,
+    episodes: impl IntoIterator<Item = Episode>,
+    device: Device,
+    mut each: impl FnMut(usize, f64),
+) -> Option<SequenceSummary> {
+    let mut accs = Vec::new();
+    let (mut right, mut counts) = (Vec::<usize>::new(), Vec::<usize>::new());
+    for (i, ep) in episodes.into_iter().enumerate() {
+        let record = learner.sequence_record(&Task::from_episode(&ep, device))?;
+        for &(inst, ok) in &record {
+            if inst >= counts.len() {
+                counts.resize(inst + 1, 0);
+                right.resize(inst + 1, 0);
+            }
+            counts[inst] += 1;
+            right[inst] += usize::from(ok);
+        }
+        let a = record.iter().filter(|r| r.1).count() as f64 / record.len().max(1) as f64;
+        each(i, a);
+        accs.push(a);
+    }
+    Some(SequenceSummary {
+        summary: summarize(&accs),
+        by_instance: right
+            .iter()
+            .zip(&counts)
+            .map(|(r, c)| *r as f64 / (*c).max(1) as f64)
+            .collect(),
+        counts,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use perennial::data::omniglot::{Split, SplitScheme};
 use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
 use perennial::data::{paths, EpisodeSampler, EpisodeSpec};
+use perennial::meta::memory::{KvMemory, KvMemoryConfig, Mann, MannConfig};
 use perennial::meta::metric::{
     Matching, MatchingConfig, PairEmbedding, PairEmbeddingConfig, ProtoNet, ProtoNetConfig,
     Relation, RelationConfig,
@@ -41,6 +42,12 @@ enum Work {
     /// One semi-hard triplet step on a batch of ways x (shots + queries) images
     /// (margin 0.2, unit-length embeddings, squared Euclidean distance).
     Triplet,
+    /// One memory-augmented network update on `tasks` sequences of ways x (shots +
+    /// queries) images (controller 200, memory 128 x 40, 4 heads, LRUA, γ 0.95).
+    Mann,
+    /// One key-value memory episode (Conv4 + linear to 128, memory 8192, k 256,
+    /// margin 0.1).
+    KvMemory,
 }
 
 struct Bench {
@@ -207,14 +214,43 @@ const METRIC: &[Bench] = &[
     },
 ];
 
+const MEMORY: &[Bench] = &[
+    Bench {
+        // 16 sequences of 5 classes x 10 instances.
+        name: "mann_lrua_5c10i_b16",
+        spec: EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 9,
+        },
+        work: Work::Mann,
+        tasks: 16,
+        iters: 30,
+        warmup: 3,
+    },
+    Bench {
+        name: "kvmem_5w1s15q",
+        spec: EpisodeSpec {
+            ways: 5,
+            shots: 1,
+            queries: 15,
+        },
+        work: Work::KvMemory,
+        tasks: 1,
+        iters: 50,
+        warmup: 5,
+    },
+];
+
 /// Runs the benchmarks of a family.
 pub fn bench(a: BenchArgs) -> Result<()> {
     let family = match a.family.as_str() {
         "protonet" => PROTONET,
         "maml" => MAML,
         "metric" => METRIC,
+        "memory" => MEMORY,
         "serve" => return serve(&a),
-        other => bail!("bench family {other:?}: known: protonet, maml, metric, serve"),
+        other => bail!("bench family {other:?}: known: protonet, maml, metric, memory, serve"),
     };
     let selected: Vec<&Bench> = match &a.bench {
         Some(name) => {
@@ -345,6 +381,23 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
         // The defaults: semi-hard mining, margin 0.2, unit length, squared Euclidean.
         Work::Triplet => Some(Box::new(PairEmbedding::new(
             PairEmbeddingConfig::default(),
+            0,
+            device,
+        )?)),
+        // The peer clips no gradient.
+        Work::Mann => Some(Box::new(Mann::new(
+            MannConfig {
+                clip_norm: 0.0,
+                ..Default::default()
+            },
+            0,
+            device,
+        )?)),
+        Work::KvMemory => Some(Box::new(KvMemory::new(
+            KvMemoryConfig {
+                key_dim: 128,
+                ..Default::default()
+            },
             0,
             device,
         )?)),

@@ -18,8 +18,9 @@ use perennial::lifelong::encoder::open_run;
 use perennial::lifelong::registry::{self, Kind, StrategySettings};
 use perennial::lifelong::{
     run, Checkpoints, ClassImages, Classifier, ConsolidationConfig, ConsolidationPolicy,
-    ConsolidationRecord, Encoding, LaMamlConfig, Learner, LearnerConfig, LifelongLearner,
-    MerConfig, ModelLearner, Naive, RunRecord, RunSettings, TaskStream, UnknownRates, SPEED_POINTS,
+    ConsolidationRecord, Encoding, KvMemoryLearner, LaMamlConfig, Learner, LearnerConfig,
+    LifelongLearner, MerConfig, ModelLearner, Naive, RunRecord, RunSettings, TaskStream,
+    UnknownRates, SPEED_POINTS,
 };
 use perennial::plot::{heat_map, line_plot, Series, Style};
 use serde::Serialize;
@@ -381,7 +382,7 @@ fn class_stream(
     a: &ContinualArgs,
     entry: &registry::Entry,
     settings: &StrategySettings,
-    own: serde_json::Map<String, serde_json::Value>,
+    mut own: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Setup> {
     let Some(encoder_dir) = a.encoder.as_ref() else {
         bail!(
@@ -417,6 +418,17 @@ fn class_stream(
         .algorithm
         .oml()
         .map(|o| a.oml_lr.unwrap_or(o.inner_lr));
+    if matches!(entry.kind, Kind::KvMemory) && config.algorithm.kv_memory().is_none() {
+        bail!(
+            "--strategy kv-memory: --encoder {} is a {} run; the key-value memory reads \
+             the keys a kv-memory run learnt (perennial train kv-memory --splits lake ...)",
+            encoder_dir.display(),
+            config.algorithm
+        );
+    }
+    if a.memory_size.is_some() && !matches!(entry.kind, Kind::KvMemory) {
+        bail!("--memory-size: only --strategy kv-memory has a key-value memory");
+    }
     if matches!(entry.kind, Kind::Oml) && oml_lr.is_none() {
         bail!(
             "--strategy oml: --encoder {} is a {} run; OML's online head needs the \
@@ -481,6 +493,18 @@ fn class_stream(
             let head = Classifier::linear_zero(dim, n, lr)?;
             let l = ModelLearner::on_features(encoding, head, Box::new(Naive)).named("oml");
             (Box::new(l), Some(lr))
+        }
+        Kind::KvMemory => {
+            let encoding = Encoding::new(encoder, shift)?;
+            let dim = encoding.dim(&images.train[0].narrow(0, 0, 1));
+            let size = a
+                .memory_size
+                .unwrap_or(images.train.iter().map(|t| t.size()[0] as usize).sum());
+            own.insert("memory_size".into(), size.into());
+            (
+                Box::new(KvMemoryLearner::new(encoding, size, dim, n)?),
+                None,
+            )
         }
         Kind::Classifier { build, .. } => {
             let encoding = Encoding::new(encoder, shift)?;

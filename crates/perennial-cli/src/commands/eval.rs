@@ -5,7 +5,7 @@ use perennial::checkpoint::{RunConfig, RunDir};
 use perennial::data::omniglot::Split;
 use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
 use perennial::data::{folder, EpisodeSampler, EpisodeSpec};
-use perennial::eval::{evaluate, summarize, task_accuracy, task_mse};
+use perennial::eval::{evaluate, evaluate_sequences, summarize, task_accuracy, task_mse};
 use perennial::meta::MetaLearner;
 use perennial::plot::{line_plot, Series, Style};
 use perennial::tensors::{Batch, Task};
@@ -48,7 +48,13 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<()> {
         .clone()
         .unwrap_or_else(|| config.data.data_dir.clone());
     let set = super::omniglot_split(&data, config.data.splits, split)?;
-    let spec = EpisodeSpec::new(a.ways, a.shots, a.queries);
+    let sequences = config.algorithm.mann().is_some();
+    let queries = a.queries.unwrap_or(if sequences {
+        config.train_episode.queries
+    } else {
+        15
+    });
+    let spec = EpisodeSpec::new(a.ways, a.shots, queries);
     let sampler = EpisodeSampler::new(set, spec, a.seed)?
         .with_stream(perennial::data::rng::streams::TEST_EPISODES);
     if a.episodes == 0 {
@@ -56,6 +62,46 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<()> {
     }
     let pb = bar(a.episodes, "eval", quiet || a.json);
     let mut sum = 0.0;
+    if sequences {
+        let r = evaluate_sequences(
+            learner.as_ref(),
+            sampler.prefetch(0, Some(a.episodes), 8),
+            device,
+            |i, acc| {
+                sum += acc;
+                pb.set_position(i as u64 + 1);
+                pb.set_message(format!("acc {:.2}%", 100.0 * sum / (i + 1) as f64));
+            },
+        )
+        .context("this learner does not read tasks as sequences")?;
+        pb.finish_and_clear();
+        let s = r.summary;
+        if a.json {
+            println!(
+                "{}",
+                json!({ "accuracy": s.accuracy, "ci95": s.ci95, "episodes": s.episodes,
+                        "by_instance": r.by_instance, "instance_counts": r.counts })
+            );
+        } else {
+            let by: Vec<String> = r
+                .by_instance
+                .iter()
+                .enumerate()
+                .map(|(i, v)| format!("{}: {:.1}%", i + 1, 100.0 * v))
+                .collect();
+            println!(
+                "{}-class sequences of {} instances, {} split, {} episodes: accuracy {:.2}% ± {:.2}% (95% CI); by instance {}",
+                a.ways,
+                a.shots + queries,
+                split.name(),
+                s.episodes,
+                100.0 * s.accuracy,
+                100.0 * s.ci95,
+                by.join(", ")
+            );
+        }
+        return Ok(());
+    }
     let s = evaluate(
         learner.as_ref(),
         sampler.prefetch(0, Some(a.episodes), 8),

@@ -49,6 +49,8 @@ pub fn run(cli: Cli) -> Result<()> {
             TrainAlgorithm::Matching(a) => train::matching(a, quiet),
             TrainAlgorithm::Triplet(a) => train::triplet(a, quiet),
             TrainAlgorithm::Contrastive(a) => train::contrastive(a, quiet),
+            TrainAlgorithm::Mann(a) => train::mann(a, quiet),
+            TrainAlgorithm::KvMemory(a) => train::kv_memory(a, quiet),
         },
         Command::Eval(a) => eval::eval(a, quiet),
         Command::EvalEpisodes(a) => eval::eval_episodes(a, quiet),

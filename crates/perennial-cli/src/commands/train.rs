@@ -8,6 +8,7 @@ use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
 use perennial::data::{paths, EpisodeSampler, EpisodeSpec};
 use perennial::eval::Summary;
 use perennial::lifelong::oml::OmlConfig;
+use perennial::meta::memory::{KvMemoryConfig, MannConfig};
 use perennial::meta::metric::losses::PairDistance;
 use perennial::meta::metric::{
     MatchingConfig, PairEmbeddingConfig, PairLoss, ProtoNetConfig, RelationConfig,
@@ -21,8 +22,8 @@ use perennial::optim::AdamConfig;
 use perennial::train::{build_learner, train, Observer, TaskSource};
 
 use crate::cli::{
-    ContrastiveArgs, MamlArgs, MatchingArgs, MetricArgs, OmlArgs, ProtonetArgs, RelationArgs,
-    ReptileArgs, TrainArgs, TripletArgs,
+    ContrastiveArgs, KvMemoryArgs, MamlArgs, MannArgs, MatchingArgs, MetricArgs, OmlArgs,
+    ProtonetArgs, RelationArgs, ReptileArgs, TrainArgs, TripletArgs,
 };
 use crate::progress::bar;
 
@@ -312,6 +313,82 @@ pub fn matching(a: MatchingArgs, quiet: bool) -> Result<()> {
             };
             m.validate()?;
             Ok(AlgorithmConfig::Matching { matching: m })
+        },
+        quiet,
+    )
+}
+
+/// Trains (or resumes) a memory-augmented network (or its LSTM baseline): episodes of
+/// `--ways` classes with one support image and `--instances - 1` queries each, read
+/// whole as one sequence.
+pub fn mann(mut a: MannArgs, quiet: bool) -> Result<()> {
+    let common = &mut a.common;
+    let config = if common.resume {
+        None
+    } else {
+        if is_sinusoid(common) {
+            bail!("--dataset sinusoid: mann classifies sequences of images");
+        }
+        if common.init != "torch" {
+            bail!(
+                "--init {}: the memory-augmented network is initialised as PyTorch does (--init torch)",
+                common.init
+            );
+        }
+        if common.queries.is_some() || common.shots != 1 {
+            bail!("--shots/--queries: a memory-augmented network's sequence shows each class --instances times; set that instead");
+        }
+        if a.instances < 2 {
+            bail!(
+                "--instances {}: a class must come back at least once to be learnt",
+                a.instances
+            );
+        }
+        common.queries = Some(a.instances - 1);
+        let optimizer = AdamConfig {
+            lr: a.lr,
+            step_every: 0,
+            ..Default::default()
+        };
+        let m = MannConfig {
+            classes: common.ways,
+            hidden: a.hidden,
+            memory_slots: if a.no_memory { 0 } else { a.memory_slots },
+            memory_width: a.memory_width,
+            read_heads: a.read_heads,
+            gamma: a.gamma,
+            clip_norm: a.clip_norm,
+            optimizer,
+            ..Default::default()
+        };
+        m.validate()?;
+        Some(base_config(
+            common,
+            AlgorithmConfig::Mann { mann: m },
+            a.meta_batch,
+            None,
+        )?)
+    };
+    run(&a.common, config, quiet)
+}
+
+/// Trains (or resumes) a key-value memory run.
+pub fn kv_memory(a: KvMemoryArgs, quiet: bool) -> Result<()> {
+    metric_run(
+        &a.common,
+        &a.metric,
+        "kv-memory",
+        || {
+            let k = KvMemoryConfig {
+                backbone: conv4(&a.common)?,
+                key_dim: a.key_dim,
+                memory_size: a.memory_size,
+                k: a.knn,
+                margin: a.margin,
+                optimizer: metric_optimizer(&a.metric)?,
+            };
+            k.validate()?;
+            Ok(AlgorithmConfig::KvMemory { kv_memory: k })
         },
         quiet,
     )

@@ -16,6 +16,7 @@ use tch::{Device, Tensor};
 use crate::checkpoint::{RunConfig, RunDir};
 use crate::error::{Error, Result};
 use crate::lifelong::oml::Oml;
+use crate::meta::memory::KvMemory;
 use crate::meta::metric::{Matching, PairEmbedding, ProtoNet, Relation};
 use crate::meta::MetaLearner;
 use crate::nn::{shift_averaged, Distance};
@@ -123,6 +124,18 @@ impl Embedding for Relation {
         Distance::SquaredEuclidean
     }
     const TRAINABLE: bool = false;
+}
+
+impl Embedding for KvMemory {
+    fn embed_eval(&self, x: &Tensor) -> Tensor {
+        KvMemory::embed_eval(self, x)
+    }
+    fn trained_distance(&self) -> Distance {
+        // Unit-length keys read by cosine similarity.
+        Distance::Cosine { scale: 10.0 }
+    }
+    // Meta-consolidation trains it with its own memory loss on the episodes it is given.
+    const TRAINABLE: bool = true;
 }
 
 impl Embedding for Oml {
@@ -275,12 +288,17 @@ pub fn build(spec: &EncoderSpec) -> Result<Box<dyn Encoder>> {
     if let Some(o) = a.oml() {
         return Ok(boxed(config, lr, Oml::new(o.clone(), seed, cpu)?));
     }
+    if let Some(k) = a.kv_memory() {
+        let mut k = k.clone();
+        k.optimizer = with_lr(k.optimizer);
+        return Ok(boxed(config, lr, KvMemory::new(k, seed, cpu)?));
+    }
     Err(Error::config("encoder", a.name(), NOT_AN_EMBEDDING))
 }
 
 /// Why a run's learner cannot be an encoder.
 const NOT_AN_EMBEDDING: &str = "a lifelong learner builds on an embedding: the encoder must be a \
-     ProtoNet, Matching, triplet, contrastive, Relation or OML run";
+     ProtoNet, Matching, triplet, contrastive, Relation, OML or kv-memory run";
 
 /// The embedding of the run in `dir` (its best model), whose further meta-training
 /// (meta-consolidation) takes Adam steps of `consolidation_lr`.

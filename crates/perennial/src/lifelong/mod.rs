@@ -22,6 +22,7 @@
 //! * [`strategies`]: EWC, A-GEM and MER; [`lamaml`]: La-MAML's look-ahead update.
 //! * [`registry`]: every continual learner by name, with what it runs on.
 //! * [`oml`]: OML's representation, meta-trained for an online head.
+//! * [`kvmemory`]: Kaiser et al.'s key-value memory of examples as a lifelong learner.
 //! * [`metrics`]: average accuracy, backward and forward transfer (GEM's definitions),
 //!   forgetting and learning speed, from one accuracy matrix.
 //! * [`reservoir`]: a reservoir-sampling buffer, the memory of experience replay.
@@ -30,6 +31,7 @@
 pub mod checkpoint;
 pub mod consolidate;
 pub mod encoder;
+pub mod kvmemory;
 pub mod lamaml;
 pub mod learner;
 pub mod metrics;
@@ -45,6 +47,7 @@ pub mod strategy;
 pub use checkpoint::Checkpoints;
 pub use consolidate::ConsolidationConfig;
 pub use encoder::{Encoder, EncoderSpec, Encoding};
+pub use kvmemory::KvMemoryLearner;
 pub use lamaml::{LaMaml, LaMamlConfig, LookAhead};
 pub use learner::{
     ClassInfo, ConsolidationRecord, LearnerConfig, Learnt, LifelongLearner, Prediction, Ranked,

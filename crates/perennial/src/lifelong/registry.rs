@@ -45,6 +45,9 @@ pub enum Kind {
     /// OML's meta-test learner: naive SGD of a zero-initialised head on an OML
     /// representation.
     Oml,
+    /// A key-value memory of examples ([`super::KvMemoryLearner`]) on a kv-memory
+    /// run's keys.
+    KvMemory,
 }
 
 /// One registered continual learner.
@@ -74,7 +77,7 @@ pub fn all() -> &'static [Entry] {
     &ENTRIES
 }
 
-static ENTRIES: [Entry; 9] = [
+static ENTRIES: [Entry; 10] = [
     Entry {
         name: "naive",
         summary: "fine-tuning by SGD on the current batch only (the lower bound)",
@@ -150,6 +153,11 @@ static ENTRIES: [Entry; 9] = [
         name: "oml",
         summary: "OML's online head on its meta-learned representation (Javed & White 2019)",
         kind: Kind::Oml,
+    },
+    Entry {
+        name: "kv-memory",
+        summary: "Kaiser et al.'s key-value memory on its meta-learned keys: every example written by the update rule, the nearest key's label predicted",
+        kind: Kind::KvMemory,
     },
 ];
 

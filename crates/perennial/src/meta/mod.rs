@@ -116,6 +116,14 @@ pub trait MetaLearner {
     /// One outer (meta-) update on a batch of tasks.
     fn meta_step(&mut self, tasks: &[Task]) -> StepReport;
 
+    /// For learners that read a task as one labelled sequence (memory-augmented
+    /// networks): the task's steps in the order they were shown, each as (which
+    /// presentation of its class it is, from 0; whether it was classified right before
+    /// its label was shown). `None` for every other learner.
+    fn sequence_record(&self, _task: &Task) -> Option<Vec<(usize, bool)>> {
+        None
+    }
+
     /// The learner's tensors: meta-parameters, buffers and optimiser. The four state
     /// methods below are built on it, under the names every checkpoint uses
     /// (`params.*`, `buffers.*`, `adam.*`).

@@ -13,6 +13,7 @@ use crate::data::omniglot::{Split, SplitScheme};
 use crate::data::EpisodeSpec;
 use crate::error::{Error, Result};
 use crate::lifelong::oml::{Oml, OmlConfig};
+use crate::meta::memory::{KvMemory, KvMemoryConfig, Mann, MannConfig};
 use crate::meta::metric::{
     Matching, MatchingConfig, PairEmbedding, PairEmbeddingConfig, ProtoNet, ProtoNetConfig,
     Relation, RelationConfig,
@@ -132,7 +133,7 @@ pub fn all() -> &'static [Algorithm] {
     &ALGORITHMS
 }
 
-static ALGORITHMS: [Algorithm; 11] = [
+static ALGORITHMS: [Algorithm; 13] = [
     Algorithm {
         name: "protonet",
         family: Family::Metric,
@@ -246,6 +247,35 @@ static ALGORITHMS: [Algorithm; 11] = [
             contrastive: PairEmbeddingConfig::contrastive(),
         },
         build: build_pairs,
+    },
+    Algorithm {
+        name: "mann",
+        family: Family::Memory,
+        summary: "memory-augmented networks (Santoro et al. 2016): an LSTM controller with a memory written by least-recently-used access, reading a task as a labelled sequence",
+        settings: |ways| AlgorithmConfig::Mann {
+            mann: MannConfig {
+                classes: ways,
+                ..MannConfig::default()
+            },
+        },
+        build: |c, device| {
+            let m = c.algorithm.mann().cloned();
+            let m = m.ok_or_else(|| missing(c, "mann"))?;
+            Ok(Box::new(Mann::new(m, c.seed, device)?))
+        },
+    },
+    Algorithm {
+        name: "kv-memory",
+        family: Family::Memory,
+        summary: "a learned key-value memory (Kaiser et al. 2017): keys, labels and ages read by nearest neighbour, a margin loss on the embedding, a new class learnt by writing",
+        settings: |_| AlgorithmConfig::KvMemory {
+            kv_memory: KvMemoryConfig::default(),
+        },
+        build: |c, device| {
+            let k = c.algorithm.kv_memory().cloned();
+            let k = k.ok_or_else(|| missing(c, "kv_memory"))?;
+            Ok(Box::new(KvMemory::new(k, c.seed, device)?))
+        },
     },
 ];
 
