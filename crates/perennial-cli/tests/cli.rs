@@ -1761,6 +1761,56 @@ fn memory_family_trains_evaluates_adapts_and_predicts_on_omniglot() {
             .len(),
         10
     );
+    // A key-value memory encoder of the background characters under the lifelong
+    // learners of the 600-class stream (its first 20 classes): Kaiser et al.'s memory
+    // of examples, and Perennial's prototypes with meta-consolidation by the memory loss.
+    let enc = dir.path().join("kv-lake");
+    let mut t = metric_train_cmd(&data, &enc, "kv-memory", &small, 20);
+    let o = run(t.args(["--splits", "lake"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stream = |strategy: &str, extra: &[&str], out: &str| -> Output {
+        run(bin()
+            .args(["continual", "--stream", "omniglot-classes", "--json"])
+            .args(["--strategy", strategy, "--tasks", "20"])
+            .args(extra)
+            .arg("--encoder")
+            .arg(&enc)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--out")
+            .arg(dir.path().join(out)))
+    };
+    for (strategy, extra, out) in [
+        ("kv-memory", &[][..], "stream-kv"),
+        ("kv-memory", &["--memory-size", "40"][..], "stream-kv-small"),
+        (
+            "perennial",
+            &["--consolidate-every", "10", "--consolidate-episodes", "3"][..],
+            "stream-proto",
+        ),
+    ] {
+        let o = stream(strategy, extra, out);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let acc = line["acc"].as_f64().unwrap();
+        eprintln!("{strategy} {extra:?}: 20 classes, accuracy {acc:.3}");
+        // Chance is 0.05; a 40-slot memory holds the last 40 of 300 images.
+        let floor = if out == "stream-kv-small" { 0.05 } else { 0.3 };
+        assert!(acc > floor && acc <= 1.0, "{strategy} {extra:?}: {acc}");
+    }
+    let result: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("stream-kv/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(result["memory_size"], 300, "{result}");
+    assert_fails(
+        &stream("perennial", &["--memory-size", "10"], "refused-stream"),
+        &["--memory-size", "kv-memory"],
+    );
+    assert_fails(
+        &stream("kv-memory", &["--memory-size", "0"], "refused-stream"),
+        &["--memory-size", "must be positive"],
+    );
     // A 20-way evaluation of a 5-class network is refused.
     assert_fails(
         &run(bin()
