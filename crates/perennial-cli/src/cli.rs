@@ -596,7 +596,8 @@ pub struct BenchArgs {
     /// data_20w5s15q), maml (maml2_5w1s15q_mb32, fomaml_5w1s15q_mb32,
     /// maml_sine_10shot_mb25, data_maml_5w1s15q_mb32), metric (relation_5w1s15q,
     /// matching_5w1s15q, matching_fce_5w1s15q, triplet_semihard_p32k4), memory
-    /// (mann_lrua_5c10i_b16, kvmem_5w1s15q) or serve (serve_predict_c8,
+    /// (mann_lrua_5c10i_b16, kvmem_5w1s15q, store_1m_d64: the persistent store's
+    /// store_insert_1m_d64 and store_query_1m_d64_k10 lines, --iters vectors) or serve (serve_predict_c8,
     /// serve_learn_c4: `perennial serve` under load, with 1000 classes taught).
     pub family: String,
     /// Print JSON lines (the only format; kept for symmetry with the peer script).
@@ -735,6 +736,11 @@ pub struct ContinualArgs {
     /// the stream, so nothing is overwritten).
     #[arg(long)]
     pub memory_size: Option<usize>,
+    /// omniglot-classes, kv-memory: keep the memory in this persistent store directory
+    /// (durable writes, HNSW search) instead of in RAM; a new run needs it empty or
+    /// absent.
+    #[arg(long)]
+    pub store: Option<PathBuf>,
     /// omniglot-classes, perennial: meta-consolidate the encoder after every this many
     /// classes, on episodes replayed from the learnt classes' training images, then
     /// rebuild the prototypes (0: never; default 50 on a ProtoNet encoder, 0 on an

@@ -1803,9 +1803,47 @@ fn memory_family_trains_evaluates_adapts_and_predicts_on_omniglot() {
     )
     .unwrap();
     assert_eq!(result["memory_size"], 300, "{result}");
+    // The same memory in a persistent store (HNSW search): the same stream, the same
+    // accuracy; then damaged store files are refused with one line, exit 2.
+    let store = dir.path().join("kv-store");
+    let store_flag = ["--store", store.to_str().unwrap()];
+    let o = stream("kv-memory", &store_flag, "stream-kv-store");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let in_ram: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("stream-kv/result.json")).unwrap(),
+    )
+    .unwrap();
+    let (a, b) = (
+        line["acc"].as_f64().unwrap(),
+        in_ram["acc"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() <= 0.02, "store {a} vs memory {b}");
+    assert_fails(
+        &stream("kv-memory", &store_flag, "refused-stream"),
+        &["--store", "holds", "empty memory"],
+    );
+    let wal = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&wal, &bytes).unwrap();
+    assert_fails(
+        &stream("kv-memory", &store_flag, "refused-stream"),
+        &["corrupt store file", "checksum"],
+    );
+    std::fs::write(&wal, &bytes[..20]).unwrap();
+    assert_fails(
+        &stream("kv-memory", &store_flag, "refused-stream"),
+        &["corrupt store file", "shorter than its"],
+    );
     assert_fails(
         &stream("perennial", &["--memory-size", "10"], "refused-stream"),
-        &["--memory-size", "kv-memory"],
+        &["--memory-size/--store", "kv-memory"],
     );
     assert_fails(
         &stream("kv-memory", &["--memory-size", "0"], "refused-stream"),

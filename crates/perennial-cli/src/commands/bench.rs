@@ -48,6 +48,10 @@ enum Work {
     /// One key-value memory episode (Conv4 + linear to 128, memory 8192, k 256,
     /// margin 0.1).
     KvMemory,
+    /// The persistent store: insert `--iters` (default one million) 64-d vectors of a
+    /// seeded Gaussian mixture, then time single k = 10 queries at the HNSW search
+    /// width that reaches recall@10 ≥ 0.99 against exact search (two lines).
+    Store,
 }
 
 struct Bench {
@@ -240,6 +244,19 @@ const MEMORY: &[Bench] = &[
         iters: 50,
         warmup: 5,
     },
+    Bench {
+        // Prints store_insert_1m_d64 and store_query_1m_d64_k10.
+        name: "store_1m_d64",
+        spec: EpisodeSpec {
+            ways: 0,
+            shots: 0,
+            queries: 0,
+        },
+        work: Work::Store,
+        tasks: 0,
+        iters: 1_000_000,
+        warmup: 0,
+    },
 ];
 
 /// Runs the benchmarks of a family.
@@ -320,7 +337,25 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The store's two lines (`perennial_store::bench`), on all of libtorch's threads.
+fn store(a: &BenchArgs) -> Result<()> {
+    let options = perennial_store::bench::BenchOptions {
+        n: a.iters.unwrap_or(1_000_000),
+        threads: tch::get_num_threads().max(1) as usize,
+        ..Default::default()
+    };
+    let (insert, query) = perennial_store::bench::bench_store(&options)?;
+    for mut line in [insert, query] {
+        line["peak_rss_mb"] = json!(super::peak_rss_mb());
+        println!("{line}");
+    }
+    Ok(())
+}
+
 fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
+    if b.work == Work::Store {
+        return store(a);
+    }
     let iters = a.iters.unwrap_or(b.iters);
     let device = Device::Cpu;
     // The peer's setup: the Vinyals train split, 1028 characters x 4 rotations. Not timed.
@@ -334,7 +369,7 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
     let sines = SinusoidSampler::new(SinusoidSpec::new(b.spec.shots, b.spec.queries), 0)?;
     let rss_setup = super::peak_rss_mb();
     let mut learner: Option<Box<dyn MetaLearner>> = match b.work {
-        Work::Data => None,
+        Work::Data | Work::Store => None,
         Work::Protonet => Some(Box::new(ProtoNet::new(
             ProtoNetConfig::default(),
             0,

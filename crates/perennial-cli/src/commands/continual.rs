@@ -426,8 +426,8 @@ fn class_stream(
             config.algorithm
         );
     }
-    if a.memory_size.is_some() && !matches!(entry.kind, Kind::KvMemory) {
-        bail!("--memory-size: only --strategy kv-memory has a key-value memory");
+    if (a.memory_size.is_some() || a.store.is_some()) && !matches!(entry.kind, Kind::KvMemory) {
+        bail!("--memory-size/--store: only --strategy kv-memory has a key-value memory");
     }
     if matches!(entry.kind, Kind::Oml) && oml_lr.is_none() {
         bail!(
@@ -501,10 +501,25 @@ fn class_stream(
                 .memory_size
                 .unwrap_or(images.train.iter().map(|t| t.size()[0] as usize).sum());
             own.insert("memory_size".into(), size.into());
-            (
-                Box::new(KvMemoryLearner::new(encoding, size, dim, n)?),
-                None,
-            )
+            let learner = match &a.store {
+                None => KvMemoryLearner::new(encoding, size, dim, n)?,
+                Some(dir) => {
+                    let store =
+                        perennial_store::Store::open(dir, perennial_store::StoreConfig::new(dim))
+                            .with_context(|| format!("--store {}", dir.display()))?;
+                    if !a.resume && !store.is_empty() {
+                        bail!(
+                            "--store {}: holds {} entries; a new run starts from an empty memory \
+                             (another directory, or --resume to continue the run that wrote it)",
+                            dir.display(),
+                            store.len()
+                        );
+                    }
+                    own.insert("store".into(), dir.display().to_string().into());
+                    KvMemoryLearner::with_store(encoding, store, size, dim, n)?
+                }
+            };
+            (Box::new(learner), None)
         }
         Kind::Classifier { build, .. } => {
             let encoding = Encoding::new(encoder, shift)?;
