@@ -62,16 +62,17 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<()> {
     }
     let pb = bar(a.episodes, "eval", quiet || a.json);
     let mut sum = 0.0;
+    let mut progress = |i: usize, acc: f64| {
+        sum += acc;
+        pb.set_position(i as u64 + 1);
+        pb.set_message(format!("acc {:.2}%", 100.0 * sum / (i + 1) as f64));
+    };
     if sequences {
         let r = evaluate_sequences(
             learner.as_ref(),
             sampler.prefetch(0, Some(a.episodes), 8),
             device,
-            |i, acc| {
-                sum += acc;
-                pb.set_position(i as u64 + 1);
-                pb.set_message(format!("acc {:.2}%", 100.0 * sum / (i + 1) as f64));
-            },
+            &mut progress,
         )
         .context("this learner does not read tasks as sequences")?;
         pb.finish_and_clear();
@@ -106,11 +107,7 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<()> {
         learner.as_ref(),
         sampler.prefetch(0, Some(a.episodes), 8),
         device,
-        |i, acc| {
-            sum += acc;
-            pb.set_position(i as u64 + 1);
-            pb.set_message(format!("acc {:.2}%", 100.0 * sum / (i + 1) as f64));
-        },
+        progress,
     );
     pb.finish_and_clear();
     if a.json {

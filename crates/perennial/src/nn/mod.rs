@@ -6,11 +6,13 @@
 
 mod backbone;
 mod distance;
+mod lstm;
 pub mod params;
 pub mod shift;
 
 pub(crate) use backbone::uniform;
 pub use backbone::{channels_last, linear_tasks, Backbone, BackboneConfig, Conv4, ConvInit, Mlp};
 pub use distance::Distance;
+pub(crate) use lstm::{lstm_params, lstm_step};
 pub use params::ParamSet;
 pub use shift::{shift_averaged, translations};

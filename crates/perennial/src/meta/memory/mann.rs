@@ -27,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::meta::{adapted_tensor, Adapted, MetaLearner, Parts, PartsMut, StepReport};
-use crate::nn::{uniform, ParamSet};
+use crate::nn::{lstm_params, lstm_step, uniform, ParamSet};
 use crate::optim::{Adam, AdamConfig};
 use crate::tensors::{Batch, Task};
 
@@ -214,11 +214,7 @@ impl Mann {
         let mut p = ParamSet::new();
         let h = config.hidden as i64;
         let input = config.pixels() + config.classes as i64 + config.read_width();
-        let b = 1.0 / (h as f64).sqrt();
-        p.push("ctrl.w_ih", uniform(&mut rng, &[4 * h, input], b, device));
-        p.push("ctrl.w_hh", uniform(&mut rng, &[4 * h, h], b, device));
-        p.push("ctrl.b_ih", uniform(&mut rng, &[4 * h], b, device));
-        p.push("ctrl.b_hh", uniform(&mut rng, &[4 * h], b, device));
+        lstm_params(&mut p, &mut rng, "ctrl", input, h, device);
         let mut linear = |name: &str, fan_in: i64, out: i64| {
             let b = 1.0 / (fan_in as f64).sqrt();
             p.push(
@@ -299,13 +295,7 @@ impl Mann {
             Some(m) => Tensor::cat(&[pixels, prev, &m.read], 1),
             None => Tensor::cat(&[pixels, prev], 1),
         };
-        let (h, c) = input.lstm_cell(
-            &[&s.h, &s.c],
-            p.get("ctrl.w_ih"),
-            p.get("ctrl.w_hh"),
-            Some(p.get("ctrl.b_ih")),
-            Some(p.get("ctrl.b_hh")),
-        );
+        let (h, c) = lstm_step(p, "ctrl", &input, &s.h, &s.c);
         let (logits, memory) = match &s.memory {
             Some(m) => {
                 let b = h.size()[0];
