@@ -226,6 +226,10 @@ pub struct MannArgs {
     /// No external memory: the LSTM baseline.
     #[arg(long)]
     pub no_memory: bool,
+    /// String labels of this many characters over 5 letters, drawn anew for every
+    /// sequence (the paper's Table 2: 5, with --ways 15); 0 = one-hot labels.
+    #[arg(long, default_value_t = 0)]
+    pub label_chars: usize,
 }
 
 /// The optimiser and validation flags of the metric learners.
@@ -554,6 +558,11 @@ pub struct AdaptArgs {
     /// Folder to write the adapted model to (must not exist or be empty).
     #[arg(long)]
     pub out: PathBuf,
+    /// kv-memory: keep the adapted memory in a persistent, indexed store (MODEL/store),
+    /// which `predict` searches through its HNSW index; the default above 50,000
+    /// support images.
+    #[arg(long)]
+    pub store: bool,
     /// Device: cpu, cuda, cuda:N, or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,

@@ -1710,6 +1710,56 @@ fn memory_family_trains_evaluates_adapts_and_predicts_on_omniglot() {
     assert!(five > 0.45, "kv-memory 5-way {five}");
     assert!(twenty > 0.15, "kv-memory 20-way {twenty}");
     adapt_and_predict(&kv, &eps, dir.path(), 0.3);
+    // The same adaptation with the memory in a persistent store (HNSW index): the
+    // same answers; a damaged store is refused with one line, exit 2.
+    let stored = dir.path().join("model-kv-store");
+    let adapt = |run_dir: &Path, out: &Path| {
+        run(bin()
+            .args(["adapt", "--store", "--device", "cpu"])
+            .arg(run_dir)
+            .arg("--support")
+            .arg(eps.join("ep0/support"))
+            .arg("--out")
+            .arg(out))
+    };
+    let o = adapt(&kv, &stored);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stored.join("store").is_dir() && !stored.join("adapted.safetensors").exists());
+    let queries: Vec<PathBuf> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .flat_map(|c| (0..2).map(move |j| format!("ep0/query/{c}/{j}.png")))
+        .map(|p| eps.join(p))
+        .collect();
+    let classes = |model: &Path| -> Result<Vec<String>, String> {
+        let o = run(bin()
+            .args(["predict", "--json", "--device", "cpu"])
+            .arg(model)
+            .args(&queries));
+        if !o.status.success() {
+            return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["class"].to_string())
+            .collect())
+    };
+    assert_eq!(
+        classes(&stored).unwrap(),
+        classes(&dir.path().join("model-kv")).unwrap()
+    );
+    // The largest of its log and snapshot holds the entries.
+    let data_file = std::fs::read_dir(stored.join("store"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log" || e == "bin"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&data_file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&data_file, &bytes).unwrap();
+    let err = classes(&stored).unwrap_err();
+    assert!(err.contains("corrupt store file"), "{err}");
 
     // Memory-augmented network.
     let mann = dir.path().join("mann");
@@ -1744,6 +1794,10 @@ fn memory_family_trains_evaluates_adapts_and_predicts_on_omniglot() {
     let v = eval(&mann, &["--episodes", "5", "--queries", "15"]);
     assert_eq!(v["by_instance"].as_array().unwrap().len(), 16, "{v}");
     adapt_and_predict(&mann, &eps, dir.path(), 0.0);
+    assert_fails(
+        &adapt(&mann, &dir.path().join("refused-model")),
+        &["--store", "kv-memory"],
+    );
     // The LSTM baseline.
     let lstm = dir.path().join("lstm");
     let out = run(&mut mann_train_cmd(&data, &lstm, &["--no-memory"], 20, 4));
@@ -1760,6 +1814,43 @@ fn memory_family_trains_evaluates_adapts_and_predicts_on_omniglot() {
             .unwrap()
             .len(),
         10
+    );
+    // String labels (Santoro et al.'s Table 2): 5 letters over a-e, a new string per
+    // class and sequence. A random string is right once in 3125; after 200 updates the
+    // network recalls a class's string at its later presentations well above that.
+    let strings = dir.path().join("mann-strings");
+    let out = run(&mut mann_train_cmd(
+        &data,
+        &strings,
+        &["--label-chars", "5"],
+        200,
+        16,
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = eval(&strings, &["--episodes", "50"]);
+    let by: Vec<f64> = v["by_instance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    eprintln!("mann, string labels: 200 updates, by instance {by:.3?}");
+    let later = by[1..].iter().sum::<f64>() / 9.0;
+    assert!(later > 0.008, "string labels, instances 2-10: {later}");
+    adapt_and_predict(&strings, &eps, dir.path(), 0.0);
+    assert_fails(
+        &run(&mut mann_train_cmd(
+            &data,
+            &dir.path().join("refused"),
+            &["--label-chars", "1", "--ways", "6"],
+            1,
+            1,
+        )),
+        &["--label-chars", "distinct strings"],
     );
     // A key-value memory encoder of the background characters under the lifelong
     // learners of the 600-class stream (its first 20 classes): Kaiser et al.'s memory

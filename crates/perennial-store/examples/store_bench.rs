@@ -5,7 +5,7 @@
 //! cargo run --release -p perennial-store --example store_bench -- \
 //!     [--n 1000000] [--dim 64] [--k 10] [--queries 10000] [--recall-queries 1000]
 //!     [--seed 42] [--m 16] [--ef-construction 128] [--ef-search EF] [--target-recall 0.99]
-//!     [--batch 1000] [--threads T] [--dir DIR] [--dump DIR]
+//!     [--batch 1000] [--threads T] [--quantization f32|f16|i8] [--dir DIR] [--dump DIR]
 //! ```
 //!
 //! `--dump DIR` only writes the data set as raw little-endian `f32` rows to
@@ -67,6 +67,17 @@ fn main() {
                     eprintln!("--target-recall: not a number");
                     std::process::exit(2)
                 })
+            }
+            "--quantization" => {
+                o.params.quantization = match val().as_str() {
+                    "f32" => perennial_store::Quantization::F32,
+                    "f16" => perennial_store::Quantization::F16,
+                    "i8" => perennial_store::Quantization::I8,
+                    q => {
+                        eprintln!("--quantization: f32, f16 or i8, not {q}");
+                        std::process::exit(2)
+                    }
+                }
             }
             "--batch" => o.batch = num(val()),
             "--threads" => o.threads = num(val()),

@@ -37,7 +37,7 @@ use std::path::Path;
 
 use crate::entries::Entries;
 use crate::error::{Error, Result};
-use crate::Metric;
+use crate::{Metric, Quantization};
 
 pub(crate) const WAL_MAGIC: [u8; 8] = *b"PRNSTWAL";
 pub(crate) const SNAP_MAGIC: [u8; 8] = *b"PRNSTSNP";
@@ -579,6 +579,7 @@ pub(crate) struct IndexMeta {
     pub metric: Metric,
     pub m: u32,
     pub ef_construction: u32,
+    pub quantization: Quantization,
     pub generation: u64,
     pub wal_offset: u64,
     pub count: u64,
@@ -593,6 +594,12 @@ pub(crate) fn encode_index_meta(m: &IndexMeta) -> [u8; INDEX_META_LEN] {
     b[8..12].copy_from_slice(&VERSION.to_le_bytes());
     b[12..16].copy_from_slice(&m.dim.to_le_bytes());
     b[16] = metric_code(m.metric);
+    // Byte 17 was zero before the quantisation was recorded: zero is f32.
+    b[17] = match m.quantization {
+        Quantization::F32 => 0,
+        Quantization::F16 => 1,
+        Quantization::I8 => 2,
+    };
     b[20..24].copy_from_slice(&m.m.to_le_bytes());
     b[24..28].copy_from_slice(&m.ef_construction.to_le_bytes());
     b[28..36].copy_from_slice(&m.generation.to_le_bytes());
@@ -627,6 +634,12 @@ pub(crate) fn decode_index_meta(b: &[u8]) -> std::result::Result<IndexMeta, Stri
         metric: metric_from_code(b[16]).ok_or("index.meta has an unknown metric")?,
         m: u32_at(b, 20),
         ef_construction: u32_at(b, 24),
+        quantization: match b[17] {
+            0 => Quantization::F32,
+            1 => Quantization::F16,
+            2 => Quantization::I8,
+            q => return Err(format!("index.meta has an unknown quantisation {q}")),
+        },
         generation: u64_at(b, 28),
         wal_offset: u64_at(b, 36),
         count: u64_at(b, 44),

@@ -16,7 +16,7 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 use crate::entries::Entries;
 use crate::error::{Error, Result};
 use crate::format::{self, IndexMeta};
-use crate::{EntryView, Filter, HnswParams, Metric};
+use crate::{EntryView, Filter, HnswParams, Metric, Quantization};
 
 pub(crate) const INDEX_FILE: &str = "index.usearch";
 pub(crate) const INDEX_META_FILE: &str = "index.meta";
@@ -39,7 +39,11 @@ fn options(dim: usize, metric: Metric, p: &HnswParams) -> IndexOptions {
             Metric::Cosine => MetricKind::IP,
             Metric::L2 => MetricKind::L2sq,
         },
-        quantization: ScalarKind::F32,
+        quantization: match p.quantization {
+            Quantization::F32 => ScalarKind::F32,
+            Quantization::F16 => ScalarKind::F16,
+            Quantization::I8 => ScalarKind::I8,
+        },
         connectivity: p.m,
         expansion_add: p.ef_construction,
         expansion_search: p.ef_search,
@@ -223,6 +227,7 @@ impl Hnsw {
             metric: self.metric,
             m: self.params.m as u32,
             ef_construction: self.params.ef_construction as u32,
+            quantization: self.params.quantization,
             generation,
             wal_offset,
             count: self.len() as u64,
@@ -268,6 +273,7 @@ impl Hnsw {
             || m.metric != metric
             || m.m as usize != params.m
             || m.ef_construction as usize != params.ef_construction
+            || m.quantization != params.quantization
         {
             tracing::info!("saved HNSW index has other parameters; rebuilding it");
             return None;

@@ -104,6 +104,26 @@ pub struct HnswParams {
     /// Candidate list size while searching (`efSearch`); raise it for recall. 64 by
     /// default. Can be changed on an open store ([`Store::set_ef_search`]).
     pub ef_search: usize,
+    /// How the graph holds its copies of the keys. The store's own `f32` keys stay
+    /// exact: with a narrower copy the index finds [`RERANK`] times `k` candidates
+    /// and the exact distances pick the `k` nearest.
+    pub quantization: Quantization,
+}
+
+/// Candidates per wanted result that a quantised index reranks exactly.
+pub const RERANK: usize = 3;
+
+/// The scalar type of the HNSW graph's copies of the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantization {
+    /// Full precision (4 bytes a number).
+    #[default]
+    F32,
+    /// Half precision (2 bytes): half the memory traffic of a search.
+    F16,
+    /// 8-bit integers (1 byte; cosine only, keys being unit vectors): a 64-wide key
+    /// fits one cache line.
+    I8,
 }
 
 impl Default for HnswParams {
@@ -112,6 +132,7 @@ impl Default for HnswParams {
             m: 16,
             ef_construction: 128,
             ef_search: 64,
+            quantization: Quantization::F32,
         }
     }
 }
@@ -790,7 +811,11 @@ impl Store {
             return Ok(Vec::new());
         }
         if let Some(h) = &self.index {
-            match h.search(&self.entries, &q, k, filter) {
+            let wanted = match h.params.quantization {
+                Quantization::F32 => k,
+                _ => k * RERANK,
+            };
+            match h.search(&self.entries, &q, wanted, filter) {
                 Ok(ids) => {
                     let mut c: Vec<exact::Cand> = ids
                         .into_iter()
@@ -803,6 +828,7 @@ impl Store {
                         .collect();
                     if c.len() >= k.min(self.len()) {
                         c.sort_unstable();
+                        c.truncate(k);
                         return Ok(self.hits(c));
                     }
                 }

@@ -28,6 +28,7 @@ fn hnsw_cfg(dim: usize) -> StoreConfig {
             m: 16,
             ef_construction: 100,
             ef_search: 64,
+            ..HnswParams::default()
         }),
         ..StoreConfig::new(dim)
     }
@@ -210,6 +211,55 @@ fn hnsw_recall_on_5k() {
     }
     let recall = found as f64 / 2000.0;
     assert!(recall >= 0.95, "recall@10 {recall}");
+}
+
+/// A quantised graph (f16, i8) reranked by the exact keys keeps the recall of the f32
+/// one, returns exact distances, and is reloaded as itself, or rebuilt when reopened
+/// with another quantisation.
+#[test]
+fn quantised_index_reranks_to_full_recall() {
+    let dim = 32;
+    let data = mixture(5000, dim, 7, Stream::Base);
+    let queries = mixture(200, dim, 7, Stream::Queries);
+    for q in [Quantization::F16, Quantization::I8] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = |quantization| StoreConfig {
+            index: IndexKind::Hnsw(HnswParams {
+                quantization,
+                ..HnswParams::default()
+            }),
+            ..StoreConfig::new(dim)
+        };
+        let mut s = Store::open(tmp.path(), cfg(q)).unwrap();
+        s.insert_many(data.chunks_exact(dim).map(|k| NewEntry {
+            key: k,
+            value: 0,
+            age: 0,
+            metadata: None,
+        }))
+        .unwrap();
+        let mut found = 0;
+        for query in queries.chunks_exact(dim) {
+            let truth = s.search_exact(query, 10, None).unwrap();
+            let got = s.search(query, 10, None).unwrap();
+            assert_eq!(got.len(), 10);
+            assert!(got.windows(2).all(|w| w[0].distance <= w[1].distance));
+            for h in &got {
+                if let Some(t) = truth.iter().find(|t| t.id == h.id) {
+                    assert_eq!(t.distance, h.distance, "{q:?}: distances are exact");
+                    found += 1;
+                }
+            }
+        }
+        let recall = found as f64 / 2000.0;
+        assert!(recall >= 0.95, "{q:?}: recall@10 {recall}");
+        s.close().unwrap();
+        let s = Store::open(tmp.path(), cfg(q)).unwrap();
+        assert_eq!(s.stats().index_origin, "loaded", "{q:?}");
+        drop(s);
+        let s = Store::open(tmp.path(), cfg(Quantization::F32)).unwrap();
+        assert_eq!(s.stats().index_origin, "rebuilt", "{q:?}");
+    }
 }
 
 #[test]

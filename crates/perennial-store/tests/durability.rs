@@ -27,6 +27,7 @@ fn config() -> StoreConfig {
             m: 12,
             ef_construction: 64,
             ef_search: 64,
+            ..HnswParams::default()
         }),
         // Small, so that kills also land in compactions and index saves.
         auto_compact_bytes: Some(48 << 10),

@@ -9,21 +9,35 @@
 //! MODEL/meta.safetensors      the meta-parameters it was adapted from
 //! MODEL/adapted.safetensors   what adaptation produced (prototypes or fast weights)
 //! ```
+//!
+//! A kv-memory model adapted with `--store` (or from more than [`STORE_ABOVE`] images)
+//! holds its memory in `MODEL/store/`, a persistent store with an HNSW index, in place
+//! of `adapted.safetensors`, and `predict` reads it through the index.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use perennial::checkpoint::{RunConfig, RunDir};
 use perennial::data::folder;
+use perennial::meta::memory::kv::write_memory_to_store;
+use perennial::meta::memory::{KeyValueMemory, KvMemory};
+use perennial::meta::MetaLearner;
 use perennial::nn::params::{load_named, save_named};
 use perennial::tensors::Batch;
 use perennial::train::build_learner;
+use perennial_store::{Store, StoreConfig};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
 use crate::cli::{AdaptArgs, PredictArgs};
 
 const FORMAT: u64 = 1;
+
+/// Support images above which a kv-memory model keeps its memory in a store.
+pub const STORE_ABOVE: usize = 50_000;
+
+/// The store folder of a model.
+const STORE_DIR: &str = "store";
 
 /// Adapts a run to the classes of `--support` and writes the model folder.
 pub fn adapt(a: AdaptArgs) -> Result<()> {
@@ -63,6 +77,14 @@ pub fn adapt(a: AdaptArgs) -> Result<()> {
     learner.load_model_state(&run.load_best()?)?;
     let labels: Vec<i64> = support.labels.iter().map(|&l| l as i64).collect();
     let batch = Batch::from_pixels(&support.images, &labels, size, size, ways, device);
+    let in_store =
+        config.algorithm.kv_memory().is_some() && (a.store || support.labels.len() > STORE_ABOVE);
+    if a.store && config.algorithm.kv_memory().is_none() {
+        bail!(
+            "--store: only a kv-memory model keeps a memory of examples; this run is {}",
+            config.algorithm
+        );
+    }
     let adapted = learner.adapt(&batch);
     // Write beside, then rename, so a model folder is complete or absent.
     let tmp = a.out.with_extension("partial");
@@ -77,11 +99,36 @@ pub fn adapt(a: AdaptArgs) -> Result<()> {
         "image_size": size,
         "support_images": support.labels.len(),
         "run": std::fs::canonicalize(&a.run_dir).unwrap_or(a.run_dir.clone()),
+        "store": in_store,
     });
     std::fs::write(tmp.join("model.json"), serde_json::to_string_pretty(&meta)?)?;
     std::fs::write(tmp.join("config.toml"), toml::to_string_pretty(&config)?)?;
     save_named(&learner.model_state(), &tmp.join("meta.safetensors"))?;
-    save_named(&adapted.state(), &tmp.join("adapted.safetensors"))?;
+    if in_store {
+        let state = adapted.state();
+        let get = |name: &str| {
+            state
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.shallow_clone())
+                .with_context(|| format!("the adapted memory has no {name}"))
+        };
+        let memory = KeyValueMemory {
+            keys: get("keys")?,
+            values: get("values")?,
+            ages: get("ages")?,
+        };
+        let dir = tmp.join(STORE_DIR);
+        let mut store = Store::open(&dir, StoreConfig::new(memory.keys.size()[1] as usize))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        write_memory_to_store(&memory, &mut store)
+            .with_context(|| format!("writing {}", dir.display()))?;
+        store
+            .close()
+            .with_context(|| format!("closing {}", dir.display()))?;
+    } else {
+        save_named(&adapted.state(), &tmp.join("adapted.safetensors"))?;
+    }
     if a.out.exists() {
         std::fs::remove_dir(&a.out).with_context(|| format!("replacing {}", a.out.display()))?;
     }
@@ -95,7 +142,7 @@ pub fn adapt(a: AdaptArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_model_json(dir: &Path) -> Result<(Vec<String>, usize)> {
+fn read_model_json(dir: &Path) -> Result<(Vec<String>, usize, bool)> {
     let path = dir.join("model.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -113,13 +160,13 @@ fn read_model_json(dir: &Path) -> Result<(Vec<String>, usize)> {
     let size = v["image_size"]
         .as_u64()
         .with_context(|| format!("{}: no image size", path.display()))? as usize;
-    Ok((classes, size))
+    Ok((classes, size, v["store"].as_bool().unwrap_or(false)))
 }
 
 /// Classifies images with an adapted model.
 pub fn predict(a: PredictArgs) -> Result<()> {
     let device = super::device(&a.device)?;
-    let (classes, size) = read_model_json(&a.model)?;
+    let (classes, size, in_store) = read_model_json(&a.model)?;
     let cfg_path = a.model.join("config.toml");
     let text = std::fs::read_to_string(&cfg_path)
         .with_context(|| format!("reading {}", cfg_path.display()))?;
@@ -127,7 +174,32 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         toml::from_str(&text).with_context(|| format!("{}: corrupt", cfg_path.display()))?;
     let mut learner = build_learner(&config, device)?;
     learner.load_model_state(&load_named(&a.model.join("meta.safetensors"))?)?;
-    let adapted = learner.load_adapted(&load_named(&a.model.join("adapted.safetensors"))?)?;
+    // A memory in a store is read through the store's index by the kv-memory network.
+    let kv = match (in_store, config.algorithm.kv_memory()) {
+        (false, _) => None,
+        (true, Some(k)) => {
+            let mut net = KvMemory::new(k.clone(), config.seed, device)?;
+            net.load_model_state(&load_named(&a.model.join("meta.safetensors"))?)?;
+            Some(net)
+        }
+        (true, None) => bail!(
+            "{}: a store-backed model of a {} run (only kv-memory keeps one)",
+            a.model.display(),
+            config.algorithm
+        ),
+    };
+    let adapted = match &kv {
+        Some(net) => {
+            let dir = a.model.join(STORE_DIR);
+            if !dir.is_dir() {
+                bail!("{}: missing (the model's memory)", dir.display());
+            }
+            let store = Store::open(&dir, StoreConfig::new(net.config().key_dim))
+                .with_context(|| format!("opening {}", dir.display()))?;
+            net.adapted_in_store(store, classes.len())?
+        }
+        None => learner.load_adapted(&load_named(&a.model.join("adapted.safetensors"))?)?,
+    };
     if a.images.is_empty() {
         bail!("no images given");
     }

@@ -358,6 +358,7 @@ pub fn mann(mut a: MannArgs, quiet: bool) -> Result<()> {
             read_heads: a.read_heads,
             gamma: a.gamma,
             clip_norm: a.clip_norm,
+            label_chars: a.label_chars,
             optimizer,
             ..Default::default()
         };

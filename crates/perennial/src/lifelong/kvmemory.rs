@@ -24,43 +24,10 @@ use super::run::{Learner, View};
 use super::strategy::StrategyState;
 use crate::data::stream::Part;
 use crate::error::{Error, Result};
+use crate::meta::memory::kv::store_scores;
 use crate::meta::memory::KeyValueMemory;
 use crate::meta::metric::losses::normalize;
 use perennial_store::{Metric, Store};
-
-/// Class scores `[n, classes]` of unit-length features from a store: for each class
-/// the largest cosine similarity among the query's nearest entries holding it (−2 for
-/// classes not among them), so the argmax is the nearest entry's value; only entries
-/// of `mask`'s classes when given.
-fn store_scores(
-    store: &Store,
-    features: &Tensor,
-    classes: usize,
-    mask: Option<&[usize]>,
-) -> Tensor {
-    let n = features.size()[0];
-    let d = features.size()[1] as usize;
-    let flat: Vec<f32> = features.reshape([-1]).try_into().unwrap_or_default();
-    let mut allowed = vec![mask.is_none(); classes];
-    for &c in mask.unwrap_or(&[]).iter().filter(|&&c| c < classes) {
-        allowed[c] = true;
-    }
-    let keep = |e: &perennial_store::EntryView<'_>| {
-        usize::try_from(e.value).is_ok_and(|v| v < classes && allowed[v])
-    };
-    let mut out = vec![-2f32; n as usize * classes];
-    for (i, row) in flat.chunks(d).enumerate() {
-        // An unreadable store answers nothing: every class scores −2 for this row.
-        let hits = store
-            .search(row, STORE_NEIGHBOURS.min(store.len().max(1)), Some(&keep))
-            .unwrap_or_default();
-        for h in hits {
-            let s = &mut out[i * classes + h.value as usize];
-            *s = s.max(1.0 - h.distance);
-        }
-    }
-    Tensor::from_slice(&out).view([n, classes as i64])
-}
 
 /// Where the keys live.
 enum Backend {
@@ -97,9 +64,6 @@ pub struct KvMemoryLearner {
     classes: usize,
     dim: usize,
 }
-
-/// Nearest keys a store-backed memory reads per query to score the classes.
-const STORE_NEIGHBOURS: usize = 32;
 
 fn store_err(e: perennial_store::Error) -> Error {
     Error::config("--store", "", e.to_string())

@@ -21,7 +21,13 @@
 //! or more queries becomes the normalised sum of itself and all of them; the wrong ones
 //! go, in order, to the oldest slots (ties to the lowest index), which never include a
 //! slot just refreshed unless every slot is.
+//!
+//! A large memory (an adapted model of many classes and examples) can live in a
+//! persistent [`Store`]: [`write_memory_to_store`] puts its occupied slots there and
+//! [`KvMemory::adapted_in_store`] classifies by the store's HNSW index instead of a
+//! product with every key.
 
+use perennial_store::{Metric, NewEntry, Store};
 use tch::{Device, Kind, Tensor};
 
 use super::super::metric::losses::normalize;
@@ -373,6 +379,147 @@ impl MetaLearner for KvMemory {
     }
 }
 
+/// Nearest entries a store-backed memory reads per query to score the classes.
+pub const STORE_NEIGHBOURS: usize = 32;
+
+/// Class scores `[n, classes]` of unit-length features from a store: for each class
+/// the largest cosine similarity among the query's [`STORE_NEIGHBOURS`] nearest entries
+/// holding it (−2 for classes not among them), so the argmax is the nearest entry's
+/// value; only entries of `mask`'s classes when given. An unreadable store answers
+/// nothing (every class −2).
+pub fn store_scores(
+    store: &Store,
+    features: &Tensor,
+    classes: usize,
+    mask: Option<&[usize]>,
+) -> Tensor {
+    let n = features.size()[0];
+    let d = features.size()[1] as usize;
+    let flat: Vec<f32> = features
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .reshape([-1])
+        .try_into()
+        .unwrap_or_default();
+    let mut allowed = vec![mask.is_none(); classes];
+    for &c in mask.unwrap_or(&[]).iter().filter(|&&c| c < classes) {
+        allowed[c] = true;
+    }
+    let keep = |e: &perennial_store::EntryView<'_>| {
+        usize::try_from(e.value).is_ok_and(|v| v < classes && allowed[v])
+    };
+    let mut out = vec![-2f32; n as usize * classes];
+    for (i, row) in flat.chunks(d).enumerate() {
+        let hits = store
+            .search(row, STORE_NEIGHBOURS.min(store.len().max(1)), Some(&keep))
+            .unwrap_or_default();
+        for h in hits {
+            let s = &mut out[i * classes + h.value as usize];
+            *s = s.max(1.0 - h.distance);
+        }
+    }
+    Tensor::from_slice(&out)
+        .view([n, classes as i64])
+        .to_device(features.device())
+}
+
+/// Writes the occupied slots of `memory` (value ≥ 0) into `store`, key, value and
+/// age each, in one durable batch; the number written.
+pub fn write_memory_to_store(
+    memory: &KeyValueMemory,
+    store: &mut Store,
+) -> perennial_store::Result<usize> {
+    let d = memory.keys.size()[1];
+    let held = memory.values.ge(0).nonzero().squeeze_dim(1);
+    let cpu = |t: &Tensor| t.index_select(0, &held).to_device(Device::Cpu);
+    let keys: Vec<f32> = cpu(&memory.keys)
+        .to_kind(Kind::Float)
+        .reshape([-1])
+        .try_into()
+        .unwrap_or_default();
+    let values: Vec<i64> = cpu(&memory.values).try_into().unwrap_or_default();
+    let ages: Vec<i64> = cpu(&memory.ages).try_into().unwrap_or_default();
+    store.insert_many(keys.chunks(d as usize).zip(values.iter().zip(&ages)).map(
+        |(key, (&value, &age))| NewEntry {
+            key,
+            value,
+            age: age.max(0) as u64,
+            metadata: None,
+        },
+    ))?;
+    Ok(values.len())
+}
+
+/// A key-value memory in a store, read through its index.
+struct StoreAdapted<'a> {
+    net: &'a KvMemory,
+    store: Store,
+    ways: usize,
+}
+
+impl Adapted for StoreAdapted<'_> {
+    fn predict(&self, x: &Tensor) -> Tensor {
+        store_scores(&self.store, &self.net.embed_eval(x), self.ways, None)
+    }
+
+    /// The store's entries as the tensors of an in-RAM memory (in id order).
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut rows: Vec<_> = self.store.iter().collect();
+        rows.sort_by_key(|e| e.id);
+        let keys: Vec<f32> = rows.iter().flat_map(|e| e.key.iter().copied()).collect();
+        let values: Vec<i64> = rows.iter().map(|e| e.value).collect();
+        let ages: Vec<i64> = rows.iter().map(|e| e.age as i64).collect();
+        vec![
+            (
+                "keys".into(),
+                Tensor::from_slice(&keys).view([rows.len() as i64, self.store.dim() as i64]),
+            ),
+            ("values".into(), Tensor::from_slice(&values)),
+            ("ages".into(), Tensor::from_slice(&ages)),
+        ]
+    }
+}
+
+impl KvMemory {
+    /// A model adapted to the memory in `store` (written by [`write_memory_to_store`]
+    /// from a support set of `ways` classes): queries read the store's index. Refused
+    /// when the store's keys are not this network's (width, cosine) or its values not
+    /// classes `0..ways`.
+    pub fn adapted_in_store<'a>(
+        &'a self,
+        store: Store,
+        ways: usize,
+    ) -> Result<Box<dyn Adapted + 'a>> {
+        if store.dim() != self.config.key_dim || store.config().metric != Metric::Cosine {
+            return Err(Error::config(
+                "store",
+                store.dir().display(),
+                format!(
+                    "holds keys of width {} ({:?}); this network's are cosine keys of width {}",
+                    store.dim(),
+                    store.config().metric,
+                    self.config.key_dim
+                ),
+            ));
+        }
+        if let Some(e) = store.iter().find(|e| !(0..ways as i64).contains(&e.value)) {
+            return Err(Error::config(
+                "store",
+                store.dir().display(),
+                format!(
+                    "entry {} has value {}, not a class of 0..{ways}",
+                    e.id, e.value
+                ),
+            ));
+        }
+        Ok(Box::new(StoreAdapted {
+            net: self,
+            store,
+            ways,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,6 +608,45 @@ mod tests {
             values[slot] = y[i];
             ages[slot] = 0;
         }
+    }
+
+    /// A memory written into a store answers as the memory does: every occupied slot
+    /// is an entry (key, value, age), empty slots are not, and the store's class scores
+    /// pick the nearest key's value for every query.
+    #[test]
+    fn a_memory_in_a_store_classifies_as_in_tensors() {
+        let mut rng = Rng::new(9);
+        let (size, d, ways) = (300, 16, 7);
+        let keys = unit_rows(&mut rng, size, d);
+        let mut values: Vec<i64> = (0..size as i64).map(|i| i % ways).collect();
+        values[size - 1] = -1; // one empty slot
+        let ages: Vec<i64> = (0..size as i64).collect();
+        let m = KeyValueMemory {
+            keys: tensor(&keys),
+            values: Tensor::from_slice(&values),
+            ages: Tensor::from_slice(&ages),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), perennial_store::StoreConfig::new(d)).unwrap();
+        assert_eq!(write_memory_to_store(&m, &mut store).unwrap(), size - 1);
+        assert_eq!(store.len(), size - 1);
+        let mut rows: Vec<_> = store.iter().collect();
+        rows.sort_by_key(|e| e.id);
+        for (i, e) in rows.iter().enumerate() {
+            assert_eq!((e.value, e.age), (values[i], ages[i] as u64));
+            for (a, b) in e.key.iter().zip(&keys[i]) {
+                assert!((f64::from(*a) - b).abs() < 1e-5);
+            }
+        }
+        let q = tensor(&unit_rows(&mut rng, 50, d));
+        let want = m.classify(&q, ways as usize).argmax(1, false);
+        let got = store_scores(&store, &q, ways as usize, None).argmax(1, false);
+        assert!(got.equal(&want));
+        let only: Vec<i64> = store_scores(&store, &q, ways as usize, Some(&[2, 5]))
+            .argmax(1, false)
+            .try_into()
+            .unwrap();
+        assert!(only.iter().all(|c| *c == 2 || *c == 5), "{only:?}");
     }
 
     #[test]

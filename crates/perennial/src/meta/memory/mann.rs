@@ -19,6 +19,15 @@
 //! joins the next step's controller input. With no memory (`memory_slots = 0`) the same
 //! network is the LSTM baseline of the paper's Table 1.
 //!
+//! Labels are one-hot by default. With `label_chars = n` they are the paper's
+//! *string labels* (its Table 2): each class of a sequence is given a random string of
+//! `n` characters over an alphabet of [`STRING_ALPHABET`] letters (distinct per class,
+//! drawn anew for every sequence), the label input is the characters' one-hot rows side
+//! by side, the output one softmax per character, the loss the cross-entropy of every
+//! character, and a step is right when every character is. So the label of a class is
+//! not tied to an output unit, and one network reads sequences of any number of classes
+//! up to `classes` (15 in the paper).
+//!
 //! The sequence order of a task is a pure function of its pixels and the run's seed, so
 //! training, evaluation and resumption see the same sequences.
 
@@ -54,9 +63,14 @@ pub struct MannConfig {
     pub gamma: f64,
     /// Clip the gradient's global norm to this before each update (0 = no clipping).
     pub clip_norm: f64,
+    /// Characters of a string label (0: one-hot labels; the paper's string labels: 5).
+    pub label_chars: usize,
     /// The optimiser.
     pub optimizer: AdamConfig,
 }
+
+/// Letters of a string label's alphabet (the paper's a–e).
+pub const STRING_ALPHABET: usize = 5;
 
 impl Default for MannConfig {
     fn default() -> Self {
@@ -70,6 +84,7 @@ impl Default for MannConfig {
             read_heads: 4,
             gamma: 0.95,
             clip_norm: 10.0,
+            label_chars: 0,
             optimizer: AdamConfig {
                 step_every: 0,
                 ..AdamConfig::default()
@@ -115,6 +130,19 @@ impl MannConfig {
                 ));
             }
         }
+        if self.label_chars > 0 {
+            let strings = (STRING_ALPHABET as f64).powi(self.label_chars.min(64) as i32);
+            if self.label_chars > 12 || strings < self.classes as f64 {
+                return Err(Error::config(
+                    "--label-chars",
+                    self.label_chars,
+                    format!(
+                        "1 to 12 characters, enough for {} distinct strings of {STRING_ALPHABET} letters",
+                        self.classes
+                    ),
+                ));
+            }
+        }
         if !(0.0..=1.0).contains(&self.gamma) {
             return Err(Error::config("--gamma", self.gamma, "must lie in [0, 1]"));
         }
@@ -130,6 +158,29 @@ impl MannConfig {
 
     fn pixels(&self) -> i64 {
         (self.image_size * self.image_size) as i64
+    }
+
+    /// Groups of the label code (characters; 1 for one-hot labels).
+    fn groups(&self) -> i64 {
+        if self.label_chars > 0 {
+            self.label_chars as i64
+        } else {
+            1
+        }
+    }
+
+    /// Letters of one group (the string alphabet, or the classes for one-hot labels).
+    fn alphabet(&self) -> i64 {
+        if self.label_chars > 0 {
+            STRING_ALPHABET as i64
+        } else {
+            self.classes as i64
+        }
+    }
+
+    /// Width of the label input and of the output.
+    fn label_width(&self) -> i64 {
+        self.groups() * self.alphabet()
     }
 
     /// Width of the read vector joining the controller input and the output.
@@ -213,7 +264,7 @@ impl Mann {
         let mut rng = Rng::new(seed);
         let mut p = ParamSet::new();
         let h = config.hidden as i64;
-        let input = config.pixels() + config.classes as i64 + config.read_width();
+        let input = config.pixels() + config.label_width() + config.read_width();
         lstm_params(&mut p, &mut rng, "ctrl", input, h, device);
         let mut linear = |name: &str, fan_in: i64, out: i64| {
             let b = 1.0 / (fan_in as f64).sqrt();
@@ -227,7 +278,7 @@ impl Mann {
             linear("key", h, config.read_width());
             linear("gate", h, config.read_heads as i64);
         }
-        linear("out", h + config.read_width(), config.classes as i64);
+        linear("out", h + config.read_width(), config.label_width());
         let params = p.requires_grad();
         let adam = Adam::new(config.optimizer.clone(), &params);
         Ok(Mann {
@@ -288,7 +339,8 @@ impl Mann {
     }
 
     /// One step of `b` sequences from `s`: pixels `[b, p]` and the previous labels'
-    /// one-hot rows `[b, classes]`; the logits `[b, classes]` and the next state.
+    /// one-hot codes `[b, label_width]`; the logits `[b, label_width]` and the next
+    /// state.
     fn step(&self, s: &SeqState, pixels: &Tensor, prev: &Tensor) -> (Tensor, SeqState) {
         let p = &self.params;
         let input = match &s.memory {
@@ -315,41 +367,59 @@ impl Mann {
     /// permutation that is a pure function of the images' pixels (not of the run's
     /// seed, so that a learner loaded from a checkpoint reads a task alike).
     fn order(&self, x: &Tensor) -> Vec<i64> {
-        let n = x.size()[0];
-        let flat: Vec<f32> = x
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .reshape([-1])
-            .try_into()
-            .unwrap_or_default();
-        // FNV-1a over the pixel bits.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for v in flat.iter().step_by(7) {
-            hash = (hash ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3);
-        }
-        let mut idx: Vec<i64> = (0..n).collect();
-        Rng::new(hash).shuffle(&mut idx);
+        let mut idx: Vec<i64> = (0..x.size()[0]).collect();
+        Rng::new(pixel_hash(x)).shuffle(&mut idx);
         idx
     }
 
-    /// A task as one sequence: pixels `[t, p]` and labels `[t]`, in [`Mann::order`].
-    fn sequence(&self, task: &Task) -> (Tensor, Tensor) {
+    /// The label codes of a sequence of `ways` classes `[ways, groups]`: one-hot
+    /// labels are their own code; string labels are `ways` distinct strings drawn by
+    /// `hash` (a function of the sequence's pixels, like its order).
+    fn codes(&self, ways: i64, hash: u64, device: Device) -> Tensor {
+        if self.config.label_chars == 0 {
+            return Tensor::arange(ways, (Kind::Int64, device)).unsqueeze(1);
+        }
+        let chars = self.config.label_chars;
+        let total = (STRING_ALPHABET as u64).pow(chars as u32);
+        let mut rng = Rng::new(hash ^ 0x5374_7269_6e67_5321);
+        let mut drawn: Vec<u64> = Vec::with_capacity(ways as usize);
+        while drawn.len() < ways as usize {
+            let v = rng.below(total);
+            if !drawn.contains(&v) {
+                drawn.push(v);
+            }
+        }
+        let mut flat = Vec::with_capacity(drawn.len() * chars);
+        for mut v in drawn {
+            for _ in 0..chars {
+                flat.push((v % STRING_ALPHABET as u64) as i64);
+                v /= STRING_ALPHABET as u64;
+            }
+        }
+        Tensor::from_slice(&flat)
+            .view([ways, chars as i64])
+            .to_device(device)
+    }
+
+    /// A task as one sequence: pixels `[t, p]`, labels `[t]` and their codes
+    /// `[t, groups]`, in [`Mann::order`].
+    fn sequence(&self, task: &Task) -> (Tensor, Tensor, Tensor) {
         let x = Tensor::cat(&[&task.support.x, &task.query.x], 0);
         let y = Tensor::cat(&[&task.support.y, &task.query.y], 0);
         let order = Tensor::from_slice(&self.order(&x)).to_device(x.device());
-        (
-            self.pixels(&x.index_select(0, &order)),
-            y.index_select(0, &order),
-        )
+        let y = y.index_select(0, &order);
+        let codes = self.codes(task.support.ways as i64, pixel_hash(&x), x.device());
+        let targets = codes.index_select(0, &y);
+        (self.pixels(&x.index_select(0, &order)), y, targets)
     }
 
-    /// Runs sequences of pixels `[b, t, p]` and labels `[b, t]`: the logits of every
-    /// step `[b, t, classes]` and the final state.
-    fn run(&self, x: &Tensor, y: &Tensor) -> (Tensor, SeqState) {
-        let (b, t) = (y.size()[0], y.size()[1]);
-        let classes = self.config.classes as i64;
-        let onehot = y.one_hot(classes).to_kind(x.kind());
-        let mut prev = Tensor::zeros([b, classes], (x.kind(), x.device()));
+    /// Runs sequences of pixels `[b, t, p]` and label codes `[b, t, groups]`: the
+    /// logits of every step `[b, t, label_width]` and the final state.
+    fn run(&self, x: &Tensor, targets: &Tensor) -> (Tensor, SeqState) {
+        let (b, t) = (targets.size()[0], targets.size()[1]);
+        let width = self.config.label_width();
+        let onehot = self.encode_labels(targets).to_kind(x.kind());
+        let mut prev = Tensor::zeros([b, width], (x.kind(), x.device()));
         let mut s = self.start(b, x.device());
         let mut out = Vec::with_capacity(t as usize);
         for i in 0..t {
@@ -361,6 +431,29 @@ impl Mann {
         (Tensor::stack(&out, 1), s)
     }
 
+    /// Codes `[.., groups]` as the network's label input `[.., label_width]`.
+    fn encode_labels(&self, codes: &Tensor) -> Tensor {
+        let mut shape = codes.size();
+        let last = shape.len() - 1;
+        shape[last] = self.config.label_width();
+        codes
+            .one_hot(self.config.alphabet())
+            .to_kind(Kind::Float)
+            .reshape(shape.as_slice())
+    }
+
+    /// Whether each step's output `[.., label_width]` gives its code `[.., groups]`
+    /// (every character, for string labels).
+    fn correct(&self, logits: &Tensor, targets: &Tensor) -> Tensor {
+        let mut shape = targets.size();
+        shape.push(self.config.alphabet());
+        logits
+            .reshape(shape.as_slice())
+            .argmax(-1, false)
+            .eq_tensor(targets)
+            .all_dim(-1, false)
+    }
+
     /// Refuses tasks whose labels the network cannot take.
     fn check(&self, batch: &Batch) {
         assert!(
@@ -370,6 +463,41 @@ impl Mann {
             self.config.classes
         );
     }
+
+    /// Class scores `[n, ways]` of outputs `[n, label_width]` for classes with codes
+    /// `[ways, groups]`: the logits themselves for one-hot labels, else the log-
+    /// likelihood of each class's string (the sum of its characters' log-softmax).
+    fn class_scores(&self, logits: &Tensor, codes: &Tensor) -> Tensor {
+        if self.config.label_chars == 0 {
+            return logits.shallow_clone();
+        }
+        let n = logits.size()[0];
+        let (g, a) = (self.config.groups(), self.config.alphabet());
+        let logp = logits.reshape([n, g, a]).log_softmax(-1, Kind::Float);
+        // [n, g, a] gathered at [n, g, ways] → summed over the characters.
+        let ways = codes.size()[0];
+        let index = codes
+            .transpose(0, 1)
+            .unsqueeze(0)
+            .expand([n, g, ways], false);
+        logp.gather(2, &index, false)
+            .sum_dim_intlist(1, false, None)
+    }
+}
+
+/// FNV-1a over every seventh pixel's bits: the seed of a sequence's order and labels.
+fn pixel_hash(x: &Tensor) -> u64 {
+    let flat: Vec<f32> = x
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .reshape([-1])
+        .try_into()
+        .unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in flat.iter().step_by(7) {
+        hash = (hash ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// Which presentation of its class each label of a sequence is (0 for the first).
@@ -389,8 +517,10 @@ pub fn instance_numbers(labels: &[i64]) -> Vec<usize> {
 struct MannAdapted<'a> {
     net: &'a Mann,
     state: SeqState,
-    /// The one-hot label of the support sequence's last step `[1, classes]`.
+    /// The label input after the support sequence's last step `[1, label_width]`.
     last: Tensor,
+    /// The codes of the support's classes `[ways, groups]`.
+    codes: Tensor,
 }
 
 impl Adapted for MannAdapted<'_> {
@@ -411,9 +541,11 @@ impl Adapted for MannAdapted<'_> {
                     read: expand(&m.read),
                 }),
             };
-            self.net
+            let logits = self
+                .net
                 .step(&s, &self.net.pixels(x), &expand(&self.last))
-                .0
+                .0;
+            self.net.class_scores(&logits, &self.codes)
         })
     }
 
@@ -424,6 +556,9 @@ impl Adapted for MannAdapted<'_> {
             ("c".into(), cpu(&self.state.c)),
             ("last".into(), cpu(&self.last)),
         ];
+        if self.net.config.label_chars > 0 {
+            out.push(("codes".into(), cpu(&self.codes)));
+        }
         if let Some(m) = &self.state.memory {
             out.push(("memory".into(), cpu(&m.mem)));
             out.push(("usage".into(), cpu(&m.usage)));
@@ -445,15 +580,21 @@ impl MetaLearner for Mann {
         let order = Tensor::from_slice(&self.order(&support.x)).to_device(support.x.device());
         let x = self.pixels(&support.x.index_select(0, &order)).unsqueeze(0);
         let y = support.y.index_select(0, &order);
-        let state = tch::no_grad(|| self.run(&x, &y.unsqueeze(0)).1);
-        let last = y
-            .narrow(0, y.size()[0] - 1, 1)
-            .one_hot(self.config.classes as i64)
+        let codes = self.codes(
+            support.ways as i64,
+            pixel_hash(&support.x),
+            support.x.device(),
+        );
+        let targets = codes.index_select(0, &y);
+        let state = tch::no_grad(|| self.run(&x, &targets.unsqueeze(0)).1);
+        let last = self
+            .encode_labels(&targets.narrow(0, y.size()[0] - 1, 1))
             .to_kind(x.kind());
         Box::new(MannAdapted {
             net: self,
             state,
             last,
+            codes,
         })
     }
 
@@ -471,6 +612,22 @@ impl MetaLearner for Mann {
             None
         };
         let (h, c, last) = (get("h")?, get("c")?, get("last")?);
+        let codes = if self.config.label_chars > 0 {
+            let codes = get("codes")?;
+            if codes.dim() != 2 || codes.size()[1] != self.config.groups() {
+                return Err(Error::Parameters {
+                    name: "codes".into(),
+                    reason: format!(
+                        "{:?}: expected [ways, {}]",
+                        codes.size(),
+                        self.config.groups()
+                    ),
+                });
+            }
+            codes.to_kind(Kind::Int64)
+        } else {
+            Tensor::arange(self.config.classes as i64, (Kind::Int64, device)).unsqueeze(1)
+        };
         let hidden = self.config.hidden as i64;
         if h.size() != [1, hidden] || c.size() != [1, hidden] {
             return Err(Error::Parameters {
@@ -482,6 +639,7 @@ impl MetaLearner for Mann {
             net: self,
             state: SeqState { h, c, memory },
             last,
+            codes,
         }))
     }
 
@@ -492,16 +650,26 @@ impl MetaLearner for Mann {
         for t in tasks {
             self.check(&t.support);
         }
-        let (xs, ys): (Vec<Tensor>, Vec<Tensor>) = tasks.iter().map(|t| self.sequence(t)).unzip();
-        let (x, y) = (Tensor::stack(&xs, 0), Tensor::stack(&ys, 0));
-        let logits = self.run(&x, &y).0;
-        let classes = self.config.classes as i64;
+        let mut xs = Vec::with_capacity(tasks.len());
+        let mut ts = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let (x, _, targets) = self.sequence(t);
+            xs.push(x);
+            ts.push(targets);
+        }
+        let (x, targets) = (Tensor::stack(&xs, 0), Tensor::stack(&ts, 0));
+        let logits = self.run(&x, &targets).0;
         let loss = logits
-            .reshape([-1, classes])
-            .cross_entropy_for_logits(&y.reshape([-1]));
+            .reshape([-1, self.config.alphabet()])
+            .cross_entropy_for_logits(&targets.reshape([-1]));
+        let accuracy = self
+            .correct(&logits, &targets)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[]);
         let report = StepReport {
             loss: loss.double_value(&[]),
-            accuracy: Some(crate::tensors::accuracy(&logits, &y)),
+            accuracy: Some(accuracy),
         };
         loss.backward();
         if self.config.clip_norm > 0.0 {
@@ -512,17 +680,16 @@ impl MetaLearner for Mann {
     }
 
     fn sequence_record(&self, task: &Task) -> Option<Vec<(usize, bool)>> {
-        let (x, y) = self.sequence(task);
-        let logits = tch::no_grad(|| self.run(&x.unsqueeze(0), &y.unsqueeze(0)).0);
-        let pred: Vec<i64> = logits.argmax(-1, false).reshape([-1]).try_into().ok()?;
+        let (x, y, targets) = self.sequence(task);
+        let targets = targets.unsqueeze(0);
+        let logits = tch::no_grad(|| self.run(&x.unsqueeze(0), &targets).0);
+        let right: Vec<bool> = self
+            .correct(&logits, &targets)
+            .reshape([-1])
+            .try_into()
+            .ok()?;
         let labels: Vec<i64> = y.try_into().ok()?;
-        let inst = instance_numbers(&labels);
-        Some(
-            inst.into_iter()
-                .zip(pred.iter().zip(&labels))
-                .map(|(i, (p, l))| (i, p == l))
-                .collect(),
-        )
+        Some(instance_numbers(&labels).into_iter().zip(right).collect())
     }
 
     fn parts(&self) -> Parts<'_> {
@@ -635,6 +802,86 @@ mod tests {
         // Slot 1 (least used) erased, then both heads' w^lu cover slots 1 and 3:
         // each gets 2 + 3.
         assert_eq!(vec(&next.mem), vec![1.0, 5.0, 1.0, 6.0]);
+    }
+
+    fn strings(classes: usize) -> Mann {
+        let config = MannConfig {
+            classes,
+            label_chars: 5,
+            hidden: 8,
+            memory_slots: 4,
+            memory_width: 3,
+            read_heads: 1,
+            ..MannConfig::default()
+        };
+        Mann::new(config, 1, Device::Cpu).unwrap()
+    }
+
+    /// String labels: distinct strings of 5 letters, fixed by the hash, another set for
+    /// another hash; one-hot labels are their own codes.
+    #[test]
+    fn string_labels_are_distinct_and_fixed_by_the_pixels() {
+        let m = strings(15);
+        let codes = m.codes(15, 42, Device::Cpu);
+        assert_eq!(codes.size(), [15, 5]);
+        let rows: Vec<Vec<i64>> = (0..15)
+            .map(|i| Vec::<i64>::try_from(codes.get(i)).unwrap())
+            .collect();
+        for (i, r) in rows.iter().enumerate() {
+            assert!(r.iter().all(|&c| (0..5).contains(&c)), "{r:?}");
+            assert!(!rows[..i].contains(r), "duplicate string {r:?}");
+        }
+        assert!(codes.equal(&m.codes(15, 42, Device::Cpu)));
+        assert!(!codes.equal(&m.codes(15, 43, Device::Cpu)));
+        let onehot = Mann::new(MannConfig::default(), 1, Device::Cpu).unwrap();
+        assert_eq!(
+            Vec::<i64>::try_from(onehot.codes(5, 42, Device::Cpu).reshape([-1])).unwrap(),
+            vec![0, 1, 2, 3, 4]
+        );
+    }
+
+    /// A class's score is the log-likelihood of its string: the sum over characters of
+    /// the log-softmax at its letter; a step is right only when every letter is.
+    #[test]
+    fn string_scores_sum_the_letters_log_likelihoods() {
+        let m = strings(2);
+        let logits = Tensor::randn([3, 25], (Kind::Float, Device::Cpu));
+        let codes = t(&[0., 1., 2., 3., 4., 4., 4., 4., 4., 4.], &[2, 5]).to_kind(Kind::Int64);
+        let scores = m.class_scores(&logits, &codes);
+        assert_eq!(scores.size(), [3, 2]);
+        let logp = logits.reshape([3, 5, 5]).log_softmax(-1, Kind::Float);
+        for n in 0..3 {
+            for c in 0..2 {
+                let want: f64 = (0..5)
+                    .map(|g| logp.double_value(&[n, g, codes.int64_value(&[c, g])]))
+                    .sum();
+                assert!((scores.double_value(&[n, c]) - want).abs() < 1e-5);
+            }
+        }
+        // Logits that put every character of class 1's string first are right for it,
+        // and wrong once a single character differs.
+        let targets = codes.get(1).unsqueeze(0);
+        let exact = m.encode_labels(&targets) * 10.0;
+        assert!(bool::try_from(m.correct(&exact, &targets).get(0)).unwrap());
+        let _ = exact.narrow(1, 20, 5).fill_(0.0);
+        let _ = exact.narrow(1, 20, 1).fill_(10.0);
+        assert!(!bool::try_from(m.correct(&exact, &targets).get(0)).unwrap());
+    }
+
+    #[test]
+    fn string_labels_need_enough_strings() {
+        let c = MannConfig {
+            classes: 30,
+            label_chars: 2,
+            ..MannConfig::default()
+        };
+        assert!(c.validate().is_err());
+        assert!(MannConfig {
+            label_chars: 3,
+            ..c
+        }
+        .validate()
+        .is_ok());
     }
 
     #[test]
