@@ -156,7 +156,10 @@ impl Default for BenchOptions {
             queries: 10_000,
             recall_queries: 1000,
             seed: 42,
-            params: HnswParams::default(),
+            params: HnswParams {
+                quantization: crate::Quantization::I8,
+                ..HnswParams::default()
+            },
             fixed_ef: false,
             target_recall: 0.99,
             batch: 1000,

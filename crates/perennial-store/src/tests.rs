@@ -604,6 +604,16 @@ fn mismatch_lock_and_bad_input() {
         Store::open(tmp.path(), l2),
         Err(Error::Mismatch { .. })
     ));
+    // An i8 graph needs unit vectors: refused under L2 before anything is opened.
+    let i8_l2 = StoreConfig {
+        metric: Metric::L2,
+        ..StoreConfig::new(8)
+    };
+    let e = Store::open(tmp.path().join("other"), i8_l2).err().unwrap();
+    assert!(
+        matches!(e, Error::Invalid(_)) && e.to_string().contains("cosine"),
+        "{e}"
+    );
     assert!(matches!(
         Store::open(tmp.path(), exact_cfg(0)),
         Err(Error::Invalid(_))
