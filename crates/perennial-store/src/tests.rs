@@ -34,6 +34,18 @@ fn hnsw_cfg(dim: usize) -> StoreConfig {
     }
 }
 
+/// Inserts the rows of `data` (`dim` wide) with value 0 and age 0.
+fn insert_rows(store: &mut Store, data: &[f32], dim: usize) {
+    store
+        .insert_many(data.chunks_exact(dim).map(|k| NewEntry {
+            key: k,
+            value: 0,
+            age: 0,
+            metadata: None,
+        }))
+        .unwrap();
+}
+
 fn fill(store: &mut Store, keys: &[Vec<f32>]) -> Vec<u64> {
     let ids = store
         .insert_many(keys.iter().enumerate().map(|(i, k)| NewEntry {
@@ -190,13 +202,7 @@ fn hnsw_recall_on_5k() {
     let data = mixture(5000, dim, 7, Stream::Base);
     let queries = mixture(200, dim, 7, Stream::Queries);
     let mut s = Store::open(tmp.path(), hnsw_cfg(dim)).unwrap();
-    s.insert_many(data.chunks_exact(dim).map(|k| NewEntry {
-        key: k,
-        value: 0,
-        age: 0,
-        metadata: None,
-    }))
-    .unwrap();
+    insert_rows(&mut s, &data, dim);
     let mut found = 0;
     for q in queries.chunks_exact(dim) {
         let truth: HashSet<u64> = s
@@ -231,13 +237,7 @@ fn quantised_index_reranks_to_full_recall() {
             ..StoreConfig::new(dim)
         };
         let mut s = Store::open(tmp.path(), cfg(q)).unwrap();
-        s.insert_many(data.chunks_exact(dim).map(|k| NewEntry {
-            key: k,
-            value: 0,
-            age: 0,
-            metadata: None,
-        }))
-        .unwrap();
+        insert_rows(&mut s, &data, dim);
         let mut found = 0;
         for query in queries.chunks_exact(dim) {
             let truth = s.search_exact(query, 10, None).unwrap();

@@ -172,24 +172,21 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         .with_context(|| format!("reading {}", cfg_path.display()))?;
     let config: RunConfig =
         toml::from_str(&text).with_context(|| format!("{}: corrupt", cfg_path.display()))?;
-    let mut learner = build_learner(&config, device)?;
-    learner.load_model_state(&load_named(&a.model.join("meta.safetensors"))?)?;
-    // A memory in a store is read through the store's index by the kv-memory network.
-    let kv = match (in_store, config.algorithm.kv_memory()) {
-        (false, _) => None,
-        (true, Some(k)) => {
-            let mut net = KvMemory::new(k.clone(), config.seed, device)?;
-            net.load_model_state(&load_named(&a.model.join("meta.safetensors"))?)?;
-            Some(net)
+    let meta = load_named(&a.model.join("meta.safetensors"))?;
+    // A memory in a store is read through the store's index by the kv-memory network;
+    // any other model by its learner. (Declared here: the adapted model borrows them.)
+    let net: KvMemory;
+    let mut learner: Box<dyn MetaLearner>;
+    let adapted = match (in_store, config.algorithm.kv_memory()) {
+        (false, _) => {
+            learner = build_learner(&config, device)?;
+            learner.load_model_state(&meta)?;
+            learner.load_adapted(&load_named(&a.model.join("adapted.safetensors"))?)?
         }
-        (true, None) => bail!(
-            "{}: a store-backed model of a {} run (only kv-memory keeps one)",
-            a.model.display(),
-            config.algorithm
-        ),
-    };
-    let adapted = match &kv {
-        Some(net) => {
+        (true, Some(k)) => {
+            let mut kv = KvMemory::new(k.clone(), config.seed, device)?;
+            kv.load_model_state(&meta)?;
+            net = kv;
             let dir = a.model.join(STORE_DIR);
             if !dir.is_dir() {
                 bail!("{}: missing (the model's memory)", dir.display());
@@ -198,7 +195,11 @@ pub fn predict(a: PredictArgs) -> Result<()> {
                 .with_context(|| format!("opening {}", dir.display()))?;
             net.adapted_in_store(store, classes.len())?
         }
-        None => learner.load_adapted(&load_named(&a.model.join("adapted.safetensors"))?)?,
+        (true, None) => bail!(
+            "{}: a store-backed model of a {} run (only kv-memory keeps one)",
+            a.model.display(),
+            config.algorithm
+        ),
     };
     if a.images.is_empty() {
         bail!("no images given");

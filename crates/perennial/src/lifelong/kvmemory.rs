@@ -24,7 +24,7 @@ use super::run::{Learner, View};
 use super::strategy::StrategyState;
 use crate::data::stream::Part;
 use crate::error::{Error, Result};
-use crate::meta::memory::kv::store_scores;
+use crate::meta::memory::kv::{memory_of_store, store_scores};
 use crate::meta::memory::KeyValueMemory;
 use crate::meta::metric::losses::normalize;
 use perennial_store::{Metric, Store};
@@ -142,16 +142,9 @@ impl KvMemoryLearner {
         match &self.backend {
             Backend::Tensors(m) => (m.keys.copy(), m.values.copy(), m.ages.copy()),
             Backend::Store { store, clock, .. } => {
-                let mut rows: Vec<_> = store.iter().collect();
-                rows.sort_by_key(|e| e.id);
-                let keys: Vec<f32> = rows.iter().flat_map(|e| e.key.iter().copied()).collect();
-                let values: Vec<i64> = rows.iter().map(|e| e.value).collect();
-                let ages: Vec<i64> = rows.iter().map(|e| (*clock - e.age) as i64).collect();
-                (
-                    Tensor::from_slice(&keys).view([rows.len() as i64, self.dim as i64]),
-                    Tensor::from_slice(&values),
-                    Tensor::from_slice(&ages),
-                )
+                // Stored ages are write times: the memory's are writes since then.
+                let m = memory_of_store(store);
+                (m.keys, m.values, (*clock as i64) - m.ages)
             }
         }
     }

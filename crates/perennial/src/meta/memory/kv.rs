@@ -464,19 +464,27 @@ impl Adapted for StoreAdapted<'_> {
 
     /// The store's entries as the tensors of an in-RAM memory (in id order).
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut rows: Vec<_> = self.store.iter().collect();
-        rows.sort_by_key(|e| e.id);
-        let keys: Vec<f32> = rows.iter().flat_map(|e| e.key.iter().copied()).collect();
-        let values: Vec<i64> = rows.iter().map(|e| e.value).collect();
-        let ages: Vec<i64> = rows.iter().map(|e| e.age as i64).collect();
+        let m = memory_of_store(&self.store);
         vec![
-            (
-                "keys".into(),
-                Tensor::from_slice(&keys).view([rows.len() as i64, self.store.dim() as i64]),
-            ),
-            ("values".into(), Tensor::from_slice(&values)),
-            ("ages".into(), Tensor::from_slice(&ages)),
+            ("keys".into(), m.keys),
+            ("values".into(), m.values),
+            ("ages".into(), m.ages),
         ]
+    }
+}
+
+/// A store's entries as a memory's tensors, in id order: keys, values, and the stored
+/// ages as they are.
+pub fn memory_of_store(store: &Store) -> KeyValueMemory {
+    let mut rows: Vec<_> = store.iter().collect();
+    rows.sort_by_key(|e| e.id);
+    let keys: Vec<f32> = rows.iter().flat_map(|e| e.key.iter().copied()).collect();
+    let values: Vec<i64> = rows.iter().map(|e| e.value).collect();
+    let ages: Vec<i64> = rows.iter().map(|e| e.age as i64).collect();
+    KeyValueMemory {
+        keys: Tensor::from_slice(&keys).view([rows.len() as i64, store.dim() as i64]),
+        values: Tensor::from_slice(&values),
+        ages: Tensor::from_slice(&ages),
     }
 }
 

@@ -28,7 +28,7 @@
 //! not tied to an output unit, and one network reads sequences of any number of classes
 //! up to `classes` (15 in the paper).
 //!
-//! The sequence order of a task is a pure function of its pixels and the run's seed, so
+//! The sequence order of a task is a pure function of its pixels (not the run's seed), so
 //! training, evaluation and resumption see the same sequences.
 
 use perennial_data::Rng;
@@ -363,13 +363,17 @@ impl Mann {
         (logits, SeqState { h, c, memory })
     }
 
-    /// The order in which a task's images (support then query) are shown: a
-    /// permutation that is a pure function of the images' pixels (not of the run's
-    /// seed, so that a learner loaded from a checkpoint reads a task alike).
-    fn order(&self, x: &Tensor) -> Vec<i64> {
-        let mut idx: Vec<i64> = (0..x.size()[0]).collect();
-        Rng::new(pixel_hash(x)).shuffle(&mut idx);
-        idx
+    /// Images `x` with labels `y` of `ways` classes in the order they are shown (a
+    /// permutation that is a pure function of the pixels, not of the run's seed, so a
+    /// learner loaded from a checkpoint reads a task alike): the permutation `[t]`, the labels `[t]` in it, the classes' codes `[ways, groups]`
+    /// and the labels' codes `[t, groups]`; order and codes come from one hash.
+    fn arrange(&self, x: &Tensor, y: &Tensor, ways: usize) -> (Tensor, Tensor, Tensor, Tensor) {
+        let hash = pixel_hash(x);
+        let order = Tensor::from_slice(&order_of(hash, x.size()[0])).to_device(x.device());
+        let y = y.index_select(0, &order);
+        let codes = self.codes(ways as i64, hash, x.device());
+        let targets = codes.index_select(0, &y);
+        (order, y, codes, targets)
     }
 
     /// The label codes of a sequence of `ways` classes `[ways, groups]`: one-hot
@@ -402,14 +406,11 @@ impl Mann {
     }
 
     /// A task as one sequence: pixels `[t, p]`, labels `[t]` and their codes
-    /// `[t, groups]`, in [`Mann::order`].
+    /// `[t, groups]`, in [`Mann::arrange`]'s order.
     fn sequence(&self, task: &Task) -> (Tensor, Tensor, Tensor) {
         let x = Tensor::cat(&[&task.support.x, &task.query.x], 0);
         let y = Tensor::cat(&[&task.support.y, &task.query.y], 0);
-        let order = Tensor::from_slice(&self.order(&x)).to_device(x.device());
-        let y = y.index_select(0, &order);
-        let codes = self.codes(task.support.ways as i64, pixel_hash(&x), x.device());
-        let targets = codes.index_select(0, &y);
+        let (order, y, _, targets) = self.arrange(&x, &y, task.support.ways);
         (self.pixels(&x.index_select(0, &order)), y, targets)
     }
 
@@ -483,6 +484,13 @@ impl Mann {
         logp.gather(2, &index, false)
             .sum_dim_intlist(1, false, None)
     }
+}
+
+/// The permutation of `n` items drawn by `hash`.
+fn order_of(hash: u64, n: i64) -> Vec<i64> {
+    let mut idx: Vec<i64> = (0..n).collect();
+    Rng::new(hash).shuffle(&mut idx);
+    idx
 }
 
 /// FNV-1a over every seventh pixel's bits: the seed of a sequence's order and labels.
@@ -574,18 +582,11 @@ impl MetaLearner for Mann {
         "mann"
     }
 
-    /// Reads the support set as a sequence (in its [`Mann::order`]).
+    /// Reads the support set as a sequence (in its [`Mann::arrange`]'s order).
     fn adapt<'a>(&'a self, support: &Batch) -> Box<dyn Adapted + 'a> {
         self.check(support);
-        let order = Tensor::from_slice(&self.order(&support.x)).to_device(support.x.device());
+        let (order, y, codes, targets) = self.arrange(&support.x, &support.y, support.ways);
         let x = self.pixels(&support.x.index_select(0, &order)).unsqueeze(0);
-        let y = support.y.index_select(0, &order);
-        let codes = self.codes(
-            support.ways as i64,
-            pixel_hash(&support.x),
-            support.x.device(),
-        );
-        let targets = codes.index_select(0, &y);
         let state = tch::no_grad(|| self.run(&x, &targets.unsqueeze(0)).1);
         let last = self
             .encode_labels(&targets.narrow(0, y.size()[0] - 1, 1))
@@ -896,14 +897,16 @@ mod tests {
     fn sequence_order_is_a_permutation_fixed_by_the_pixels() {
         let m = Mann::new(MannConfig::default(), 1, Device::Cpu).unwrap();
         let x = Tensor::rand([20, 1, 28, 28], (Kind::Float, Device::Cpu));
-        let a = m.order(&x);
-        assert_eq!(a, m.order(&x.copy()));
+        let y = Tensor::zeros([20], (Kind::Int64, Device::Cpu));
+        let order = |m: &Mann, x: &Tensor| Vec::<i64>::try_from(m.arrange(x, &y, 1).0).unwrap();
+        let a = order(&m, &x);
+        assert_eq!(a, order(&m, &x.copy()));
         let mut sorted = a.clone();
         sorted.sort();
         assert_eq!(sorted, (0..20).collect::<Vec<i64>>());
         assert_ne!(a, (0..20).collect::<Vec<i64>>());
         let other = Mann::new(MannConfig::default(), 2, Device::Cpu).unwrap();
-        assert_eq!(a, other.order(&x));
-        assert_ne!(a, m.order(&(x + 0.5)));
+        assert_eq!(a, order(&other, &x));
+        assert_ne!(a, order(&m, &(x + 0.5)));
     }
 }
