@@ -97,6 +97,18 @@ pub struct ServeArgs {
     /// Representation versions kept for rollback.
     #[arg(long, default_value_t = 5)]
     pub keep_versions: usize,
+    /// How to classify: `prototypes` (one per class) or `knn:K` (the K nearest taught
+    /// examples; `knn` is knn:10). Kept in the store.
+    #[arg(long, value_name = "prototypes|knn:K")]
+    pub classify: Option<String>,
+    /// Keep the taught examples' features in an HNSW-indexed store on disk
+    /// (STORE/examples): kNN predictions and consolidation's neighbour classes search
+    /// it, and a restart reloads it instead of rebuilding it. Kept in the store.
+    #[arg(long, conflicts_with = "no_example_index")]
+    pub example_index: bool,
+    /// Turn a store's example index off (its folder is removed at start).
+    #[arg(long)]
+    pub no_example_index: bool,
 }
 
 /// `serve` subcommands.
@@ -737,6 +749,10 @@ pub struct ContinualArgs {
     /// default 1 for perennial, 0 for the other strategies).
     #[arg(long)]
     pub shift_radius: Option<usize>,
+    /// omniglot-classes, perennial: classify by `prototypes` (one per class) or by the
+    /// K nearest taught examples (`knn:K`; `knn` is knn:10).
+    #[arg(long, default_value = "prototypes", value_name = "prototypes|knn:K")]
+    pub classify: String,
     /// omniglot-classes, oml: the online head's learning rate at meta-test time
     /// (default: the step it was meta-trained with).
     #[arg(long)]

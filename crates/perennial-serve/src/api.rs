@@ -497,6 +497,7 @@ async fn status(State(app): AppState, headers: HeaderMap) -> Result<Json<Value>,
             "last": s.last,
         },
         "recent": { "unknown_rate": s.rates.0, "confusion_rate": s.rates.1 },
+        "example_index": s.example_index,
         "versions": s.versions,
     })))
 }

@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use perennial::lifelong::{
-    encoder, ConsolidationConfig, ConsolidationPolicy, LearnerConfig, LifelongLearner,
+    encoder, Classify, ConsolidationConfig, ConsolidationPolicy, LearnerConfig, LifelongLearner,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -60,6 +60,11 @@ pub struct Settings {
     pub shift_radius: Option<usize>,
     /// Consolidation's seed.
     pub seed: Option<u64>,
+    /// How predictions are made (prototypes or the k nearest examples).
+    pub classify: Option<Classify>,
+    /// Keep the examples in an indexed store on disk (`STORE/examples`): kNN
+    /// classification and consolidation's neighbour classes search it.
+    pub example_index: Option<bool>,
 }
 
 /// The learner settings of a new store: the library's defaults, with consolidation
@@ -95,6 +100,9 @@ impl Settings {
         }
         if let Some(s) = self.seed {
             config.seed = s;
+        }
+        if let Some(c) = self.classify {
+            config.classify = c;
         }
         config
     }
@@ -179,6 +187,9 @@ fn open_or_create(options: &Options) -> Result<Store> {
         if config != store.config()? {
             store.set_config(&config)?;
         }
+        if let Some(on) = options.settings.example_index {
+            store.set_example_index(on)?;
+        }
         Ok(store)
     } else {
         let run = options.encoder.as_ref().ok_or_else(|| {
@@ -193,7 +204,9 @@ fn open_or_create(options: &Options) -> Result<Store> {
         // The settings and the encoder suit each other (a frozen encoder cannot
         // consolidate) before anything is written.
         LifelongLearner::new(encoder::copy(enc.as_ref())?, config.clone())?;
-        Store::create(dir, enc.as_ref(), &config)
+        let store = Store::create(dir, enc.as_ref(), &config)?;
+        store.set_example_index(options.settings.example_index.unwrap_or(false))?;
+        Ok(store)
     }
 }
 

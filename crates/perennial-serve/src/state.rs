@@ -59,6 +59,18 @@ pub struct Status {
     pub versions: Vec<Version>,
     /// The recent unknown and confusion rates the policy watches.
     pub rates: (f64, f64),
+    /// The example index, when the store keeps one.
+    pub example_index: Option<ExampleIndexStatus>,
+}
+
+/// The example index as `GET /v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExampleIndexStatus {
+    /// Examples indexed.
+    pub entries: usize,
+    /// How it was obtained when attached: "loaded", "rebuilt" (its index rebuilt) or
+    /// "written" (from the examples).
+    pub origin: &'static str,
 }
 
 /// Latency buckets of the request histogram, in seconds.

@@ -7,6 +7,8 @@
 //! STORE/versions/v000000.safetensors   the encoder as first loaded
 //! STORE/versions/v000001.safetensors   after the first consolidation, ...
 //! STORE/lock                      held by the running server
+//! STORE/examples/v000001/          with --example-index: the examples' features in the
+//!                                  current version, HNSW-indexed (perennial_store)
 //! ```
 //!
 //! The database is the one source of truth: the server rebuilds its learner from it on
@@ -30,6 +32,8 @@ pub const FORMAT: i64 = 1;
 pub const DB: &str = "perennial.db";
 /// The lock file a running server holds.
 pub const LOCK: &str = "lock";
+/// The folder of the example index inside a store.
+pub const EXAMPLES: &str = "examples";
 
 /// A token's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -365,6 +369,30 @@ impl Store {
             params![key, value],
         )?;
         Ok(())
+    }
+
+    /// Whether the learner keeps its examples in an indexed store (`STORE/examples`).
+    pub fn example_index(&self) -> Result<bool> {
+        let v: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'example_index'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| corrupt(&self.dir.join(DB), format!("example_index: {e}")))?;
+        Ok(v.as_deref() == Some("1"))
+    }
+
+    /// Turns the example index on or off (it takes effect at the next start).
+    pub fn set_example_index(&self, on: bool) -> Result<()> {
+        self.set_meta("example_index", if on { "1" } else { "0" })
+    }
+
+    /// The folder of the example index.
+    pub fn examples_dir(&self) -> PathBuf {
+        self.dir.join(EXAMPLES)
     }
 
     /// The learner settings.

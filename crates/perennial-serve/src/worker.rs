@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use perennial::lifelong::{Due, LearnerConfig, LifelongLearner, Prediction};
+use perennial::lifelong::{
+    prune_example_stores, Due, Encoder, LearnerConfig, LifelongLearner, Prediction,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
-use crate::state::{LastConsolidation, Shared};
+use crate::state::{ExampleIndexStatus, LastConsolidation, Shared};
 use crate::store::{self, Example, Store, Unknown, Version};
 
 /// What a teaching did.
@@ -157,11 +159,50 @@ fn config_of(base: &LearnerConfig, version: u64) -> LearnerConfig {
 /// learnt in, so the rebuilt learner predicts exactly as the one it replaces).
 pub fn rebuild(store: &Store, version: u64, upto: i64) -> Result<LifelongLearner> {
     let encoder = store.encoder(version)?;
-    let base = store.config()?;
-    let mut learner = LifelongLearner::new(encoder, config_of(&base, version))?;
+    let mut learner = fresh(store, encoder, version)?;
     replay(&mut learner, &store.examples(0, upto)?)?;
     set_new_classes(&mut learner, store, version)?;
     Ok(learner)
+}
+
+/// A learner that knows nothing yet on `encoder`, version `version` of the store.
+fn fresh(store: &Store, encoder: Box<dyn Encoder>, version: u64) -> Result<LifelongLearner> {
+    let base = store.config()?;
+    let mut learner = LifelongLearner::new(encoder, config_of(&base, version))?;
+    learner.set_version(version);
+    Ok(learner)
+}
+
+/// Attaches the store's example index to `learner` when the store keeps one
+/// (reloaded when it matches the learner's examples, written otherwise).
+fn attach_examples(learner: &mut LifelongLearner, store: &Store) -> Result<()> {
+    if store.example_index()? {
+        let clock = Instant::now();
+        let origin = learner.attach_example_store(&store.examples_dir())?;
+        tracing::info!(
+            version = learner.version(),
+            origin,
+            entries = learner.example_store().map_or(0, |s| s.len()),
+            seconds = clock.elapsed().as_secs_f64(),
+            "example index attached"
+        );
+    }
+    Ok(())
+}
+
+/// Removes the example index of every version but `version` (or all of it when the
+/// store keeps none).
+fn prune_examples(store: &Store, version: u64) {
+    let dir = store.examples_dir();
+    let r = match store.example_index() {
+        Ok(true) => prune_example_stores(&dir, version).map_err(anyhow::Error::from),
+        Ok(false) if dir.exists() => std::fs::remove_dir_all(&dir).map_err(anyhow::Error::from),
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = r {
+        tracing::warn!("old example indexes not removed: {e:#}");
+    }
 }
 
 fn replay(learner: &mut LifelongLearner, examples: &[Example]) -> Result<()> {
@@ -217,7 +258,9 @@ impl Worker {
     ) -> Result<Worker> {
         let clock = Instant::now();
         let last = store.last_example()?;
-        let learner = rebuild(&store, store.current()?, last)?;
+        let mut learner = rebuild(&store, store.current()?, last)?;
+        attach_examples(&mut learner, &store)?;
+        prune_examples(&store, store.current()?);
         tracing::info!(
             classes = learner.known(),
             version = store.current()?,
@@ -591,13 +634,14 @@ impl Worker {
         if done.epoch != self.epoch {
             // A class was forgotten or a version rolled back meanwhile: replay all.
             let encoder = perennial::lifelong::encoder::copy(done.learner.encoder())?;
-            let base = self.store.config()?;
-            let mut learner = LifelongLearner::new(encoder, config_of(&base, expected))?;
+            let mut learner = fresh(&self.store, encoder, expected)?;
             replay(
                 &mut learner,
                 &self.store.examples(0, self.store.last_example()?)?,
             )?;
+            // The old one releases its example index before the new one takes it.
             done.learner = learner;
+            attach_examples(&mut done.learner, &self.store)?;
         } else {
             let last = self.store.last_example()?;
             replay(
@@ -613,6 +657,7 @@ impl Worker {
         if let Err(e) = self.store.prune(self.config.keep_versions) {
             tracing::warn!("old versions not pruned: {e:#}");
         }
+        prune_examples(&self.store, expected);
         self.shared
             .metrics
             .consolidations
@@ -642,9 +687,21 @@ impl Worker {
             .map_err(|e| ApiError::conflict(e.to_string()))?;
         // Rebuilt first: the store names the version only once it serves.
         let last = self.store.last_example().map_err(ApiError::internal)?;
-        let learner = rebuild(&self.store, target, last).map_err(ApiError::internal)?;
+        let mut learner = rebuild(&self.store, target, last).map_err(ApiError::internal)?;
+        // The current learner lets its example index go (the target may be its version).
+        if let Some(root) = self.learner.detach_example_store() {
+            if let Err(e) = attach_examples(&mut learner, &self.store) {
+                if let Err(again) = self.learner.attach_example_store(&root) {
+                    tracing::warn!("the example index is detached: {again}");
+                }
+                return Err(ApiError::internal(e));
+            }
+        } else {
+            attach_examples(&mut learner, &self.store).map_err(ApiError::internal)?;
+        }
         self.store.set_current(target).map_err(ApiError::internal)?;
         self.learner = learner;
+        prune_examples(&self.store, target);
         self.epoch += 1;
         self.publish_or_log();
         tracing::info!(from = current, to = target, "rolled back");
@@ -669,6 +726,10 @@ impl Worker {
         }
         s.versions = versions;
         s.rates = self.learner.recent_rates();
+        s.example_index = self.learner.example_store().map(|st| ExampleIndexStatus {
+            entries: st.len(),
+            origin: self.learner.example_store_origin().unwrap_or("loaded"),
+        });
         Ok(())
     }
 }
@@ -688,9 +749,9 @@ fn consolidate(
     let sha256 = store::write_weights(dir, version, &encoder.state())?;
     let store = Store::attach(dir)?;
     let replayed = store.last_example()?;
-    let base = store.config()?;
-    let mut learner = LifelongLearner::new(encoder, config_of(&base, version))?;
+    let mut learner = fresh(&store, encoder, version)?;
     replay(&mut learner, &store.examples(0, replayed)?)?;
+    attach_examples(&mut learner, &store)?;
     Ok(Rebuilt {
         learner,
         version: Version {

@@ -595,3 +595,125 @@ fn a_full_queue_answers_503_with_a_json_error_and_the_rest_are_served() {
     );
     running.stop().unwrap();
 }
+
+/// The WAL file of an example index's version folder.
+fn wal_in(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("wal-"))
+        .unwrap_or_else(|| panic!("no log in {}", dir.display()))
+        .path()
+}
+
+#[test]
+fn knn_on_the_example_index_answers_as_in_memory_reloads_on_restart_and_refuses_damage() {
+    let Some(fx) = fixture() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let knn = perennial::lifelong::Classify::Knn { k: 5 };
+    let open = |name: &str, index: Option<bool>| {
+        let mut o = options(&dir.path().join(name), Some(&fx.encoder));
+        o.settings.classify = Some(knn);
+        o.settings.example_index = index;
+        o.settings.consolidate_episodes = Some(4);
+        o
+    };
+    let indexed = dir.path().join("indexed");
+    let (running, w) = serve(open("indexed", Some(true)), Role::Writer);
+    let (ram, r) = serve(open("ram", None), Role::Writer);
+    let chars = &fx.chars[..8];
+    teach(&w, chars);
+    teach(&r, chars);
+    let probe: Vec<&[u8]> = chars
+        .iter()
+        .flat_map(|c| c.held_out[..3].iter().map(Vec::as_slice))
+        .collect();
+    let labels = |body: &Value| -> Vec<(Value, Value)> {
+        body["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let top: Vec<Value> = p["top"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["label"].clone())
+                    .collect();
+                (p["label"].clone(), json!(top))
+            })
+            .collect()
+    };
+    let (_, a) = w.predict(&probe).unwrap();
+    let (_, b) = r.predict(&probe).unwrap();
+    assert_eq!(
+        labels(&a),
+        labels(&b),
+        "the index answers as the tensors do"
+    );
+    let right = a["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(chars.iter().flat_map(|c| [&c.name; 3]))
+        .filter(|(p, name)| p["label"] == name.as_str())
+        .count();
+    assert!(right >= 16, "8-way kNN: {right} of 24 right");
+    let (_, s) = w.get("/v1/status").unwrap();
+    assert_eq!(s["example_index"]["entries"], 40, "{s}");
+    let (_, s) = r.get("/v1/status").unwrap();
+    assert!(s["example_index"].is_null(), "{s}");
+    ram.stop().unwrap();
+    // Forgetting leaves the index; a restart reloads it as it is.
+    let gone = perennial_serve::client::escape(&chars[7].name);
+    let (status, _) = w.call("DELETE", &format!("/v1/classes/{gone}")).unwrap();
+    assert_eq!(status, 200);
+    let (_, before) = w.predict(&probe).unwrap();
+    running.stop().unwrap();
+    let running = perennial_serve::start(options(&indexed, None)).unwrap();
+    let w = w.with_base(&format!("http://{}", running.addr()));
+    let (_, s) = w.get("/v1/status").unwrap();
+    assert_eq!(s["example_index"]["entries"], 35, "{s}");
+    assert_eq!(s["example_index"]["origin"], "loaded", "{s}");
+    let (_, after) = w.predict(&probe).unwrap();
+    assert_eq!(labels(&after), labels(&before));
+    // A consolidation writes the next version's index and drops the old one.
+    let (status, body) = w.call("POST", "/v1/consolidate").unwrap();
+    assert_eq!(status, 202, "{body}");
+    let s = wait_for_version(&w, 1);
+    assert_eq!(s["example_index"]["entries"], 35, "{s}");
+    let examples = indexed.join("examples");
+    assert!(examples.join("v000001").is_dir() && !examples.join("v000000").exists());
+    // Rolled back: version 0's index is written again and answers as before.
+    let (status, body) = w.call("POST", "/v1/rollback").unwrap();
+    assert_eq!((status, body["version"].clone()), (200, json!(0)), "{body}");
+    let (_, back) = w.predict(&probe).unwrap();
+    assert_eq!(labels(&back), labels(&before));
+    assert!(examples.join("v000000").is_dir() && !examples.join("v000001").exists());
+    let (status, body) = w.post_json("/v1/rollback", &json!({"version": 1})).unwrap();
+    assert_eq!((status, body["version"].clone()), (200, json!(1)), "{body}");
+    running.stop().unwrap();
+    // Damaged index files: the server refuses to start, and says what to do.
+    std::fs::write(
+        wal_in(&examples.join("v000001")),
+        b"damaged damaged damaged",
+    )
+    .unwrap();
+    let e = format!(
+        "{:#}",
+        perennial_serve::start(options(&indexed, None)).unwrap_err()
+    );
+    assert!(
+        e.contains("example store") && e.contains("remove the folder"),
+        "{e}"
+    );
+    // Turned off, the index's folder goes and the server answers from memory.
+    let mut o = options(&indexed, None);
+    o.settings.example_index = Some(false);
+    let running = perennial_serve::start(o).unwrap();
+    assert!(!examples.exists());
+    let w = w.with_base(&format!("http://{}", running.addr()));
+    let (status, _) = w.predict(&probe).unwrap();
+    assert_eq!(status, 200);
+    running.stop().unwrap();
+}

@@ -997,6 +997,14 @@ impl Store {
         }
     }
 
+    /// Syncs the log and saves the HNSW index, so that the next open loads it instead
+    /// of rebuilding it (an owner that closes by dropping calls this first).
+    pub fn persist(&mut self) -> Result<()> {
+        self.sync()?;
+        self.save_index();
+        Ok(())
+    }
+
     /// Syncs the log, saves the HNSW index (so the next open loads it instead of
     /// rebuilding) and closes the store. Dropping a store without `close` is safe: it
     /// only means the index may be rebuilt or caught up from the log on the next open.

@@ -426,6 +426,13 @@ fn class_stream(
             config.algorithm
         );
     }
+    let classify = perennial::lifelong::Classify::parse(&a.classify)?;
+    if classify != perennial::lifelong::Classify::Prototypes && !perennial {
+        bail!("--classify: only --strategy perennial classifies by prototypes or examples");
+    }
+    if perennial {
+        own.insert("classify".into(), classify.to_string().into());
+    }
     if (a.memory_size.is_some() || a.store.is_some()) && !matches!(entry.kind, Kind::KvMemory) {
         bail!("--memory-size/--store: only --strategy kv-memory has a key-value memory");
     }
@@ -482,6 +489,7 @@ fn class_stream(
                     every_new_classes: every,
                     ..ConsolidationPolicy::never()
                 },
+                classify,
                 ..LearnerConfig::default()
             };
             (Box::new(LifelongLearner::new(encoder, config)?), None)

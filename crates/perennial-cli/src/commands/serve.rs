@@ -40,6 +40,16 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                 unknown_quantile: a.unknown_quantile,
                 shift_radius: a.shift_radius,
                 seed: None,
+                classify: a
+                    .classify
+                    .as_deref()
+                    .map(perennial::lifelong::Classify::parse)
+                    .transpose()?,
+                example_index: match (a.example_index, a.no_example_index) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
             };
             let running = perennial_serve::start(options)?;
             // One line on stdout, for people and for scripts that started it on port 0.

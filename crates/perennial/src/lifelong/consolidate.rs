@@ -202,14 +202,7 @@ pub fn consolidate(
     rng: &mut Rng,
 ) -> Result<StepReport> {
     let ways = config.ways.min(known);
-    if ways < 2 {
-        return Err(Error::config(
-            "classes known",
-            known,
-            "consolidation needs at least 2",
-        ));
-    }
-    let near = if config.neighbours > 1 {
+    let near = if config.neighbours > 1 && ways >= 2 {
         let Some(m) = means.filter(|m| m.size().first() == Some(&(known as i64))) else {
             return Err(Error::config(
                 "consolidation",
@@ -221,13 +214,43 @@ pub fn consolidate(
     } else {
         None
     };
+    consolidate_near(net, config, known, side, near.as_deref(), images, rng)
+}
+
+/// [`consolidate`] with each class's nearest other classes given (`near[c]`, nearest
+/// first, as the learner's example index finds them) instead of computed from the
+/// prototypes; `None` draws episodes at random.
+pub fn consolidate_near(
+    net: &mut dyn MetaLearner,
+    config: &ConsolidationConfig,
+    known: usize,
+    side: usize,
+    near: Option<&[Vec<usize>]>,
+    images: &mut dyn FnMut(usize) -> Vec<f32>,
+    rng: &mut Rng,
+) -> Result<StepReport> {
+    let ways = config.ways.min(known);
+    if ways < 2 {
+        return Err(Error::config(
+            "classes known",
+            known,
+            "consolidation needs at least 2",
+        ));
+    }
+    if near.is_some_and(|n| n.len() != known) {
+        return Err(Error::config(
+            "consolidation",
+            "neighbour lists",
+            format!("need one list for each of the {known} classes"),
+        ));
+    }
     let pixels = side * side;
     let mut mean = StepReport {
         loss: 0.0,
         accuracy: Some(0.0),
     };
     for _ in 0..config.episodes {
-        let classes = episode_classes(known, ways, config.neighbours, near.as_deref(), rng);
+        let classes = episode_classes(known, ways, config.neighbours, near, rng);
         let (mut sx, mut sy, mut qx, mut qy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (label, &c) in classes.iter().enumerate() {
             let all = images(c);

@@ -42,8 +42,9 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-use super::consolidate::{consolidate, ConsolidationConfig};
+use super::consolidate::{consolidate_near, nearest_classes, ConsolidationConfig};
 use super::encoder::{self, Encoder, EncoderSpec, Encoding};
+use super::examples::{ClassRows, Classify, ExampleIndex, ExampleStore};
 use super::policy::{ConsolidationPolicy, Due, PolicyState};
 use super::prototypes::{indexed, PrototypeMemory};
 use super::run::{Learner, View};
@@ -72,6 +73,10 @@ pub struct LearnerConfig {
     pub consolidation_lr: f64,
     /// When to consolidate.
     pub policy: ConsolidationPolicy,
+    /// How predictions are made: by prototypes (the default) or by the k nearest
+    /// taught examples (the example-level memory, [`super::examples`]).
+    #[serde(default)]
+    pub classify: Classify,
 }
 
 impl Default for LearnerConfig {
@@ -86,6 +91,7 @@ impl Default for LearnerConfig {
             consolidation: ConsolidationConfig::default(),
             consolidation_lr: 1e-4,
             policy: ConsolidationPolicy::default(),
+            classify: Classify::Prototypes,
         }
     }
 }
@@ -122,6 +128,7 @@ impl LearnerConfig {
             ));
         }
         self.policy.validate()?;
+        self.classify.validate()?;
         if self.policy.is_on() {
             self.consolidation.validate(None)?;
         }
@@ -210,6 +217,15 @@ struct Saved {
     policy: PolicyState,
     consolidations: Vec<ConsolidationRecord>,
     version: u64,
+    /// Each class's stable id (the example store's value); absent in older saves.
+    #[serde(default)]
+    class_ids: Vec<i64>,
+    /// The id the next new class gets.
+    #[serde(default)]
+    next_class_id: i64,
+    /// The root of the attached example store, if any.
+    #[serde(default)]
+    example_store: Option<PathBuf>,
 }
 
 /// Perennial's lifelong learner: see the [module documentation](self).
@@ -227,6 +243,11 @@ pub struct LifelongLearner {
     policy: PolicyState,
     log: Vec<ConsolidationRecord>,
     version: u64,
+    /// Each class's stable id (a forgotten class's id is never reused).
+    class_ids: Vec<i64>,
+    next_class_id: i64,
+    /// The example-level memory: present under kNN classification or with a store.
+    example_index: Option<ExampleIndex>,
 }
 
 impl LifelongLearner {
@@ -250,6 +271,7 @@ impl LifelongLearner {
             let jitter = config.consolidation.jitter;
             encoder::at_most_a_quarter("--consolidate-jitter", jitter, side)?;
         }
+        let config_classify = config.classify;
         Ok(LifelongLearner {
             rng: Rng::for_item(config.seed, streams::CONSOLIDATION, 0),
             config,
@@ -262,6 +284,12 @@ impl LifelongLearner {
             policy: PolicyState::default(),
             log: Vec::new(),
             version: 0,
+            class_ids: Vec::new(),
+            next_class_id: 0,
+            example_index: match config_classify {
+                Classify::Knn { .. } => Some(ExampleIndex::Tensors(Vec::new())),
+                Classify::Prototypes => None,
+            },
         })
     }
 
@@ -314,6 +342,13 @@ impl LifelongLearner {
     /// consolidation. Features computed under one version are stale under the next.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Sets the representation version, for a learner built anew on a later version's
+    /// encoder (the service rebuilds its learner on each version). Set it before
+    /// attaching an example store: the store of version `v` is `ROOT/v{v}`.
+    pub fn set_version(&mut self, version: u64) {
+        self.version = version;
     }
 
     /// The consolidations so far.
@@ -428,6 +463,14 @@ impl LifelongLearner {
             Some(&c) => (c, false),
             None => (self.labels.len(), true),
         };
+        let id = match new_class {
+            true => self.next_class_id,
+            false => self.class_ids[class],
+        };
+        // The index first: a failed write leaves the learner as it was.
+        if let Some(ix) = &mut self.example_index {
+            ix.add(class, id, label, features)?;
+        }
         let watch = !new_class && self.config.policy.watches_rates();
         for i in 0..n {
             let f = features.get(i);
@@ -443,6 +486,8 @@ impl LifelongLearner {
             self.labels.push(label.to_string());
             self.index.insert(label.to_string(), class);
             self.examples.push(x.copy());
+            self.class_ids.push(id);
+            self.next_class_id += 1;
             self.policy.new_class();
         } else {
             self.examples[class] = Tensor::cat(&[&self.examples[class], &x], 0);
@@ -460,7 +505,11 @@ impl LifelongLearner {
         let Some(class) = self.index.get(label).copied() else {
             return Ok(false);
         };
+        if let Some(ix) = &mut self.example_index {
+            ix.forget(class, self.class_ids[class])?;
+        }
         self.memory.forget(class)?;
+        self.class_ids.remove(class);
         self.labels.remove(class);
         let _ = self.examples.remove(class);
         self.index = index_of(&self.labels);
@@ -483,7 +532,6 @@ impl LifelongLearner {
             ));
         }
         let probs = self
-            .memory
             .scores(features)
             .to_kind(Kind::Double)
             .softmax(1, Kind::Double);
@@ -512,9 +560,16 @@ impl LifelongLearner {
     }
 
     /// Scores `[n, known]` of features (the highest is the prediction), class `c` in
-    /// column `c` (the order of [`LifelongLearner::classes`]).
+    /// column `c` (the order of [`LifelongLearner::classes`]): the prototypes' logits,
+    /// or under [`Classify::Knn`] each class's nearest example's logit among the `k`
+    /// nearest (`-inf` for a class with none among them).
     pub fn scores(&self, features: &Tensor) -> Tensor {
-        self.memory.scores(features)
+        match (self.config.classify, &self.example_index) {
+            (Classify::Knn { k }, Some(ix)) => {
+                ix.knn_scores(features, k, self.distance(), &self.class_ids)
+            }
+            _ => self.memory.scores(features),
+        }
     }
 
     /// Whether each of features `[n, d]` is unknown (`[n]` booleans).
@@ -596,7 +651,7 @@ impl LifelongLearner {
             .iter()
             .map(|&c| Vec::<f32>::try_from(self.examples[c].reshape([-1])).map_err(Error::Torch))
             .collect::<Result<Vec<_>>>()?;
-        let means = match (
+        let near = match (
             self.config.consolidation.neighbours > 1,
             self.memory.prototypes(),
         ) {
@@ -604,11 +659,29 @@ impl LifelongLearner {
                 let rows =
                     Tensor::from_slice(&eligible.iter().map(|&c| c as i64).collect::<Vec<_>>());
                 let m = p.index_select(0, &rows);
-                // Neighbours by the encoder's distance: cosine ranks as the squared
-                // distance between unit vectors does.
-                Some(match self.distance() {
-                    Distance::SquaredEuclidean => m,
-                    Distance::Cosine { .. } => &m / (m.norm_scalaropt_dim(2, [1], true) + 1e-8),
+                let ways = self.config.consolidation.ways.min(eligible.len());
+                Some(match &self.example_index {
+                    // Neighbours by example search: the classes whose examples lie
+                    // nearest each prototype.
+                    Some(ix) => ix.neighbour_classes(
+                        &m,
+                        &eligible,
+                        ways,
+                        self.distance(),
+                        &self.class_ids,
+                        self.config.consolidation.examples_per_class(),
+                    ),
+                    // By the encoder's distance between prototypes: cosine ranks as
+                    // the squared distance between unit vectors does.
+                    None => nearest_classes(
+                        &match self.distance() {
+                            Distance::SquaredEuclidean => m,
+                            Distance::Cosine { .. } => {
+                                &m / (m.norm_scalaropt_dim(2, [1], true) + 1e-8)
+                            }
+                        },
+                        ways,
+                    ),
                 })
             }
             _ => None,
@@ -618,7 +691,7 @@ impl LifelongLearner {
             config: self.config.consolidation,
             side,
             images,
-            means,
+            near,
             rng: self.rng.clone(),
             base_version: self.version,
             classes: self.known(),
@@ -653,13 +726,139 @@ impl LifelongLearner {
     /// current representation, as if learnt again in the same order.
     fn relearn(&mut self) -> Result<()> {
         self.memory.clear();
+        let mut features = Vec::with_capacity(self.examples.len());
         for c in 0..self.examples.len() {
             let f = self.encode(&self.examples[c]);
             for i in 0..f.size()[0] {
                 self.memory.learn(&f.get(i), c)?;
             }
+            features.push(f);
         }
+        self.reindex(features);
         Ok(())
+    }
+
+    /// Rebuilds the example index from `features` (every class's, in the current
+    /// representation): a store is written anew as this version's and the previous
+    /// version's removed. A store that cannot be written is detached with a warning
+    /// (the learner's examples are the record; the next attach writes it).
+    fn reindex(&mut self, features: Vec<Tensor>) {
+        self.example_index = match self.example_index.take() {
+            None => None,
+            Some(ExampleIndex::Tensors(_)) => Some(ExampleIndex::Tensors(features)),
+            Some(ExampleIndex::Store(old)) => {
+                let root = old.root().to_path_buf();
+                let rows = self.rows_of(features);
+                if old.version() == self.version {
+                    drop(old);
+                } else if let Err(e) = (*old).remove() {
+                    tracing::warn!("the previous example store was not removed: {e}");
+                }
+                let width = rows.first().map_or(0, |r| r.features.size()[1] as usize);
+                match ExampleStore::write(&root, self.version, width, self.distance(), &rows) {
+                    Ok(s) => Some(ExampleIndex::Store(Box::new(s))),
+                    Err(e) => {
+                        tracing::warn!("the example store is detached: {e}");
+                        let per = rows.into_iter().map(|r| r.features).collect();
+                        matches!(self.config.classify, Classify::Knn { .. })
+                            .then_some(ExampleIndex::Tensors(per))
+                    }
+                }
+            }
+        };
+    }
+
+    /// Every class's id, label and `features[c]`, for a store.
+    fn rows_of(&self, features: Vec<Tensor>) -> Vec<ClassRows> {
+        features
+            .into_iter()
+            .enumerate()
+            .map(|(c, f)| ClassRows {
+                id: self.class_ids[c],
+                label: self.labels[c].clone(),
+                features: f,
+            })
+            .collect()
+    }
+
+    /// Every class's examples encoded in the current representation.
+    fn encoded_examples(&self) -> Vec<Tensor> {
+        self.examples.iter().map(|x| self.encode(x)).collect()
+    }
+
+    /// Keeps the example-level memory in a persistent store under `root` (a folder;
+    /// this version's store is `root/v{version}`), searched through its HNSW index:
+    /// kNN classification and consolidation's neighbour classes read it, teaching and
+    /// forgetting write it, and a consolidation writes the next version's. A store
+    /// found there that holds exactly the learner's examples is reloaded as it is;
+    /// one that does not (left by a crash, or another learner's) is rewritten. Damaged
+    /// store files are refused with an error. Returns how the store was obtained:
+    /// `"loaded"`, `"rebuilt"` (its index rebuilt) or `"written"`.
+    pub fn attach_example_store(&mut self, root: &Path) -> Result<&'static str> {
+        // Absolute, so that a saved learner finds it again from anywhere.
+        std::fs::create_dir_all(root).map_err(|e| Error::run(root, e.to_string()))?;
+        let root = &root
+            .canonicalize()
+            .map_err(|e| Error::run(root, e.to_string()))?;
+        let width = match self.examples.first() {
+            Some(x) => self.encode(&x.narrow(0, 0, 1)).size()[1] as usize,
+            None => {
+                let side = self.side().map_err(|_| {
+                    Error::config(
+                        "example store",
+                        root.display(),
+                        "an encoder of features needs a class taught before its store is attached",
+                    )
+                })? as i64;
+                let x = Tensor::zeros([1, 1, side, side], (Kind::Float, tch::Device::Cpu));
+                self.encode(&x).size()[1] as usize
+            }
+        };
+        let mut counts = HashMap::new();
+        for (c, &id) in self.class_ids.iter().enumerate() {
+            counts.insert(id, self.memory.counts()[c]);
+        }
+        // Release a store already attached here before opening it again.
+        if let Some(ExampleIndex::Store(_)) = &self.example_index {
+            self.detach_example_store();
+        }
+        let distance = self.distance();
+        let mut rows = || Ok::<_, Error>(self.rows_of(self.encoded_examples()));
+        let store = ExampleStore::open(root, self.version, width, distance, &counts, &mut rows)?;
+        let origin = store.origin();
+        self.example_index = Some(ExampleIndex::Store(Box::new(store)));
+        Ok(origin)
+    }
+
+    /// Closes the attached example store (its files stay) and returns its root; under
+    /// kNN classification the memory goes back to tensors.
+    pub fn detach_example_store(&mut self) -> Option<PathBuf> {
+        let Some(ExampleIndex::Store(s)) = &self.example_index else {
+            return None;
+        };
+        let root = s.root().to_path_buf();
+        self.example_index = None;
+        if let Classify::Knn { .. } = self.config.classify {
+            self.example_index = Some(ExampleIndex::Tensors(self.encoded_examples()));
+        }
+        Some(root)
+    }
+
+    /// The attached example store, if any.
+    pub fn example_store(&self) -> Option<&perennial_store::Store> {
+        self.example_index
+            .as_ref()?
+            .store()
+            .map(ExampleStore::store)
+    }
+
+    /// How the attached example store was obtained (see
+    /// [`LifelongLearner::attach_example_store`]), if one is attached.
+    pub fn example_store_origin(&self) -> Option<&'static str> {
+        self.example_index
+            .as_ref()?
+            .store()
+            .map(ExampleStore::origin)
     }
 
     /// Everything the learner holds: named tensors (the encoder's `encoder.*`, the
@@ -690,6 +889,13 @@ impl LifelongLearner {
             policy: self.policy.clone(),
             consolidations: self.log.clone(),
             version: self.version,
+            class_ids: self.class_ids.clone(),
+            next_class_id: self.next_class_id,
+            example_store: self
+                .example_index
+                .as_ref()
+                .and_then(ExampleIndex::store)
+                .map(|s| s.root().to_path_buf()),
         };
         let meta = serde_json::to_value(saved).expect("the learner's state serialises");
         (tensors, meta)
@@ -755,6 +961,24 @@ impl LifelongLearner {
         learner.policy = saved.policy;
         learner.log = saved.consolidations;
         learner.version = saved.version;
+        // Older saves have no ids: classes in order.
+        learner.class_ids = match saved.class_ids.len() {
+            0 => (0..learner.labels.len() as i64).collect(),
+            n if n == learner.labels.len() => saved.class_ids,
+            n => {
+                return Err(Error::config(
+                    "saved learner",
+                    format!("{n} class ids"),
+                    format!("but {} labels", learner.labels.len()),
+                ))
+            }
+        };
+        learner.next_class_id = saved
+            .next_class_id
+            .max(learner.class_ids.iter().max().map_or(0, |m| m + 1));
+        if learner.example_index.is_some() {
+            learner.example_index = Some(ExampleIndex::Tensors(learner.encoded_examples()));
+        }
         Ok(learner)
     }
 
@@ -821,7 +1045,16 @@ impl LifelongLearner {
         let meta: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::run(&json, format!("corrupt saved learner: {e}")))?;
         let tensors = load_named(&folder.join("tensors.safetensors"))?;
-        Self::from_state(&tensors, &meta).map_err(|e| Error::run(&folder, e.to_string()))
+        let mut learner =
+            Self::from_state(&tensors, &meta).map_err(|e| Error::run(&folder, e.to_string()))?;
+        let store = meta
+            .get("example_store")
+            .and_then(serde_json::Value::as_str)
+            .map(PathBuf::from);
+        if let Some(root) = store {
+            learner.attach_example_store(&root)?;
+        }
+        Ok(learner)
     }
 }
 
@@ -832,7 +1065,8 @@ pub struct ConsolidationJob {
     config: ConsolidationConfig,
     side: usize,
     images: Vec<Vec<f32>>,
-    means: Option<Tensor>,
+    /// Each eligible class's nearest others (positions among them).
+    near: Option<Vec<Vec<usize>>>,
     rng: Rng,
     base_version: u64,
     classes: usize,
@@ -880,12 +1114,12 @@ impl ConsolidationJob {
             .trainable()
             .ok_or_else(|| Error::config("consolidation", "encoder", "is frozen"))?;
         let images = &self.images;
-        let report = consolidate(
+        let report = consolidate_near(
             net,
             &self.config,
             images.len(),
             self.side,
-            self.means.as_ref(),
+            self.near.as_deref(),
             &mut |c| images[c].clone(),
             &mut self.rng,
         )?;
@@ -1106,6 +1340,130 @@ mod tests {
             .unwrap()
             .iter()
             .any(|p| p.label == "class 2"));
+    }
+
+    /// A learner on `consolidating`'s encoder classifying by its 5 nearest examples.
+    fn knn(distance: Distance) -> LifelongLearner {
+        let l = consolidating(0, distance);
+        let config = LearnerConfig {
+            classify: Classify::Knn { k: 5 },
+            ..l.config().clone()
+        };
+        LifelongLearner::new(encoder::copy(l.encoder()).unwrap(), config).unwrap()
+    }
+
+    /// kNN scores by brute force: each class's best logit among the `k` nearest rows
+    /// of `keys` (class `of[i]`), `-inf` otherwise.
+    fn brute_knn(f: &Tensor, keys: &Tensor, of: &[usize], known: usize, d: Distance) -> Vec<f32> {
+        let logits: Vec<f32> = Vec::try_from(d.logits(f, keys).reshape([-1])).unwrap();
+        let n = of.len();
+        let mut out = Vec::new();
+        for row in logits.chunks(n) {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let mut best = vec![f32::NEG_INFINITY; known];
+            for &i in &order[..5.min(n)] {
+                best[of[i]] = best[of[i]].max(row[i]);
+            }
+            out.extend(best);
+        }
+        out
+    }
+
+    fn close(a: &Tensor, b: &Tensor) -> bool {
+        let fa = a.isfinite();
+        fa.equal(&b.isfinite())
+            && (a.masked_select(&fa) - b.masked_select(&fa))
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-3
+    }
+
+    #[test]
+    fn knn_classifies_by_its_examples_in_tensors_or_in_a_store_alike() {
+        let images = image_classes(4, 9);
+        let d = Distance::Cosine { scale: 10.0 };
+        let (mut l, mut twin) = (knn(d), knn(d));
+        for c in 0..3 {
+            l.learn(&format!("class {c}"), &images.train[c]).unwrap();
+            twin.learn(&format!("class {c}"), &images.train[c]).unwrap();
+        }
+        // Against brute force over every taught example.
+        let f = l.encode(&images.test[1]);
+        let keys = Tensor::cat(
+            &(0..3)
+                .map(|c| l.encode(&images.train[c]))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let of: Vec<usize> = (0..3).flat_map(|c| std::iter::repeat_n(c, 15)).collect();
+        let want = Tensor::from_slice(&brute_knn(&f, &keys, &of, 3, d)).view([-1, 3]);
+        assert!(close(&l.scores(&f), &want), "{} {}", l.scores(&f), want);
+        let p = l.predict(&images.test[1]).unwrap();
+        assert!(
+            p.iter().filter(|p| p.label == "class 1").count() >= 4,
+            "{p:?}"
+        );
+        for p in &p {
+            let sum: f64 = p.top.iter().map(|r| r.probability).sum();
+            assert!((sum - 1.0).abs() < 1e-9, "{sum}");
+        }
+        // The same memory in a store: the same answers, through teaching and forgetting.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("examples");
+        assert_eq!(l.attach_example_store(&root).unwrap(), "written");
+        assert_eq!(l.example_store().unwrap().len(), 45);
+        let same = |l: &LifelongLearner, twin: &LifelongLearner| {
+            for c in 0..4 {
+                let f = l.encode(&images.test[c]);
+                let (x, y) = (l.scores(&f), twin.scores(&f));
+                assert!(close(&x, &y), "class {c}: {x} {y}");
+                let (a, b) = (
+                    l.predict(&images.test[c]).unwrap(),
+                    twin.predict(&images.test[c]).unwrap(),
+                );
+                assert_eq!(
+                    a.iter().map(|p| &p.label).collect::<Vec<_>>(),
+                    b.iter().map(|p| &p.label).collect::<Vec<_>>()
+                );
+            }
+        };
+        same(&l, &twin);
+        for m in [&mut l, &mut twin] {
+            m.learn("class 3", &images.train[3]).unwrap();
+            m.learn("class 0", &images.test[0].narrow(0, 0, 2)).unwrap();
+            assert!(m.forget("class 1").unwrap());
+        }
+        assert_eq!(l.example_store().unwrap().len(), 15 + 2 + 15 + 15);
+        same(&l, &twin);
+        // Saved and loaded: the store is found and reloaded as it is.
+        let saved = dir.path().join("learner");
+        l.save(&saved).unwrap();
+        drop(l);
+        let mut l = LifelongLearner::load(&saved).unwrap();
+        assert_eq!(l.example_store_origin(), Some("loaded"));
+        same(&l, &twin);
+        // Consolidation's neighbours come from example search; it writes the next
+        // version's store and removes the previous one.
+        let job = l.consolidation_job(Due::Asked).unwrap();
+        let near = job.near.as_ref().unwrap();
+        assert_eq!(near.len(), 3);
+        for (p, n) in near.iter().enumerate() {
+            assert_eq!(n.len(), 2);
+            assert!(!n.contains(&p));
+        }
+        l.consolidate().unwrap();
+        twin.consolidate().unwrap();
+        assert_eq!(l.example_store_origin(), Some("written"));
+        assert!(root.join("v000001").exists() && !root.join("v000000").exists());
+        same(&l, &twin);
+        // Damaged store files are refused at load.
+        l.save(&saved).unwrap();
+        drop(l);
+        crate::lifelong::examples::damage(&root.join("v000001"));
+        let err = LifelongLearner::load(&saved).unwrap_err().to_string();
+        assert!(err.contains("example store"), "{err}");
     }
 
     #[test]

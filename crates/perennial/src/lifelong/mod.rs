@@ -8,6 +8,8 @@
 //! * [`encoder`]: the [`Encoder`] trait every meta-learned representation implements
 //!   (ProtoNet, OML), and shift averaging.
 //! * [`prototypes`]: the prototype memory and its unknown threshold.
+//! * [`examples`]: the example-level memory (k-nearest-neighbour classification,
+//!   consolidation's neighbour classes), in tensors or in a persistent indexed store.
 //! * [`policy`]: when the learner consolidates.
 //! * [`consolidate`]: meta-consolidation of the encoder on replayed classes.
 //!
@@ -31,6 +33,7 @@
 pub mod checkpoint;
 pub mod consolidate;
 pub mod encoder;
+pub mod examples;
 pub mod kvmemory;
 pub mod lamaml;
 pub mod learner;
@@ -47,6 +50,7 @@ pub mod strategy;
 pub use checkpoint::Checkpoints;
 pub use consolidate::ConsolidationConfig;
 pub use encoder::{Encoder, EncoderSpec, Encoding};
+pub use examples::{prune_example_stores, Classify};
 pub use kvmemory::KvMemoryLearner;
 pub use lamaml::{LaMaml, LaMamlConfig, LookAhead};
 pub use learner::{
