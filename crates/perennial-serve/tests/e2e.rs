@@ -665,7 +665,7 @@ fn knn_on_the_example_index_answers_as_in_memory_reloads_on_restart_and_refuses_
     assert!(s["example_index"].is_null(), "{s}");
     ram.stop().unwrap();
     // Forgetting leaves the index; a restart reloads it as it is.
-    let gone = perennial_serve::client::escape(&chars[7].name);
+    let gone = perennial_serve::client::escape(&chars[3].name);
     let (status, _) = w.call("DELETE", &format!("/v1/classes/{gone}")).unwrap();
     assert_eq!(status, 200);
     let (_, before) = w.predict(&probe).unwrap();

@@ -201,27 +201,26 @@ fn label_json(label: &str) -> String {
 }
 
 impl ExampleStore {
-    /// Opens version `version`'s store under `root` for features of width `dim`; keeps
-    /// it when it holds exactly `classes` (id → count), else rewrites it from them.
+    /// Opens version `version`'s store under `root` for features of width `dim`. When
+    /// it holds exactly `classes` (label and example count, in class order) it is kept
+    /// and the ids it files them under are returned, one per class (a learner rebuilt
+    /// by replay numbers its classes afresh, and adopts these); otherwise it is
+    /// rewritten from `rows()` and `None` is returned.
     pub(crate) fn open(
         root: &Path,
         version: u64,
         dim: usize,
         distance: Distance,
-        counts: &HashMap<i64, usize>,
+        classes: &[(&str, usize)],
         rows: &mut dyn FnMut() -> Result<Vec<ClassRows>>,
-    ) -> Result<ExampleStore> {
+    ) -> Result<(ExampleStore, Option<Vec<i64>>)> {
         let dir = version_dir(root, version);
         let config = store_config(dim, distance);
         let store = Store::open(&dir, config.clone()).map_err(|e| store_error(&dir, e))?;
-        let mut held: HashMap<i64, usize> = HashMap::new();
-        for e in store.iter() {
-            *held.entry(e.value).or_default() += 1;
-        }
-        let total: usize = counts.values().sum();
-        if held == *counts && store.len() == total {
+        let total: usize = classes.iter().map(|c| c.1).sum();
+        if let Some(ids) = matching_ids(&store, classes) {
             let origin = store.stats().index_origin;
-            return Ok(ExampleStore {
+            let s = ExampleStore {
                 root: root.to_path_buf(),
                 version,
                 store,
@@ -232,7 +231,8 @@ impl ExampleStore {
                 },
                 removed: false,
                 exact_below: EXACT_BELOW,
-            });
+            };
+            return Ok((s, Some(ids)));
         }
         if !store.is_empty() {
             tracing::warn!(
@@ -243,9 +243,8 @@ impl ExampleStore {
             );
         }
         drop(store);
-        let mut s = Self::write(root, version, dim, distance, &rows()?)?;
-        s.origin = "written";
-        Ok(s)
+        let s = Self::write(root, version, dim, distance, &rows()?)?;
+        Ok((s, None))
     }
 
     /// Writes version `version`'s store anew from `classes`.
@@ -310,6 +309,28 @@ impl ExampleStore {
         let dir = self.store.dir().to_path_buf();
         self.store.sync().map_err(|e| store_error(&dir, e))
     }
+}
+
+/// The id each of `classes` (label, count) is filed under in `store`, when the store
+/// holds exactly those classes with those counts, one id per label.
+fn matching_ids(store: &Store, classes: &[(&str, usize)]) -> Option<Vec<i64>> {
+    let mut held: HashMap<String, (i64, usize)> = HashMap::new();
+    for e in store.iter() {
+        let meta: serde_json::Value = serde_json::from_str(e.metadata?).ok()?;
+        let label = meta.get("label")?.as_str()?;
+        let slot = held.entry(label.to_string()).or_insert((e.value, 0));
+        if slot.0 != e.value {
+            return None;
+        }
+        slot.1 += 1;
+    }
+    if held.len() != classes.len() {
+        return None;
+    }
+    classes
+        .iter()
+        .map(|&(label, n)| held.get(label).filter(|h| h.1 == n).map(|h| h.0))
+        .collect()
 }
 
 fn insert(store: &mut Store, id: i64, label: &str, features: &Tensor) -> Result<()> {
@@ -652,9 +673,10 @@ mod tests {
                 })
                 .collect())
         };
-        let counts: HashMap<i64, usize> = ids.iter().map(|&id| (id, 6)).collect();
-        let mut s = ExampleStore::open(&root, 0, 8, distance, &counts, &mut || rows()).unwrap();
-        assert_eq!(s.origin(), "written");
+        let classes: Vec<(&str, usize)> = labels.iter().map(|&l| (l, 6)).collect();
+        let (mut s, ids_back) =
+            ExampleStore::open(&root, 0, 8, distance, &classes, &mut || rows()).unwrap();
+        assert_eq!((s.origin(), ids_back), ("written", None));
         // Through the HNSW index, not the exact search of small stores.
         s.exact_below = 0;
         assert_eq!(s.store().len(), 24);
@@ -674,18 +696,25 @@ mod tests {
             .max();
         assert!(diff.double_value(&[]) < 1e-4, "{diff}");
         drop(stored);
-        // Reopened as it was: loaded; with other counts: rewritten.
-        let s = ExampleStore::open(&root, 0, 8, distance, &counts, &mut || rows()).unwrap();
-        assert_eq!(s.origin(), "loaded");
+        // Reopened as it was: loaded, with the ids it files the classes under (in the
+        // order asked); with other counts, or another class: rewritten.
+        let mut reordered = classes.clone();
+        reordered.swap(0, 3);
+        let (s, back) =
+            ExampleStore::open(&root, 0, 8, distance, &reordered, &mut || rows()).unwrap();
+        assert_eq!((s.origin(), back), ("loaded", Some(vec![13, 5, 8, 3])));
         drop(s);
-        let mut fewer = counts.clone();
-        fewer.insert(13, 5);
-        let s = ExampleStore::open(&root, 0, 8, distance, &fewer, &mut || rows()).unwrap();
-        assert_eq!(s.origin(), "written");
-        drop(s);
+        for other in [
+            vec![("a", 6), ("b", 6), ("c", 6), ("d", 5)],
+            vec![("a", 6), ("b", 6), ("c", 6), ("e", 6)],
+        ] {
+            let (s, back) =
+                ExampleStore::open(&root, 0, 8, distance, &other, &mut || rows()).unwrap();
+            assert_eq!((s.origin(), back), ("written", None));
+        }
         // Damaged files are refused.
         damage(&version_dir(&root, 0));
-        let err = ExampleStore::open(&root, 0, 8, distance, &counts, &mut || rows()).unwrap_err();
+        let err = ExampleStore::open(&root, 0, 8, distance, &classes, &mut || rows()).unwrap_err();
         assert!(err.to_string().contains("example store"), "{err}");
         // Pruning keeps only the named version.
         std::fs::create_dir_all(version_dir(&root, 1)).unwrap();

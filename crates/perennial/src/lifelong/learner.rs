@@ -814,17 +814,28 @@ impl LifelongLearner {
                 self.encode(&x).size()[1] as usize
             }
         };
-        let mut counts = HashMap::new();
-        for (c, &id) in self.class_ids.iter().enumerate() {
-            counts.insert(id, self.memory.counts()[c]);
-        }
         // Release a store already attached here before opening it again.
         if let Some(ExampleIndex::Store(_)) = &self.example_index {
             self.detach_example_store();
         }
         let distance = self.distance();
         let mut rows = || Ok::<_, Error>(self.rows_of(self.encoded_examples()));
-        let store = ExampleStore::open(root, self.version, width, distance, &counts, &mut rows)?;
+        let classes: Vec<(&str, usize)> = self
+            .labels
+            .iter()
+            .map(String::as_str)
+            .zip(self.memory.counts().iter().copied())
+            .collect();
+        let (store, ids) =
+            ExampleStore::open(root, self.version, width, distance, &classes, &mut rows)?;
+        if let Some(ids) = ids {
+            // A learner rebuilt by replay numbers its classes afresh: it takes the
+            // store's ids, and new classes come after them.
+            self.next_class_id = self
+                .next_class_id
+                .max(ids.iter().max().map_or(0, |m| m + 1));
+            self.class_ids = ids;
+        }
         let origin = store.origin();
         self.example_index = Some(ExampleIndex::Store(Box::new(store)));
         Ok(origin)
@@ -1441,8 +1452,25 @@ mod tests {
         let saved = dir.path().join("learner");
         l.save(&saved).unwrap();
         drop(l);
+        // A learner taught the same examples afresh (as the service rebuilds one) numbers
+        // its classes 0, 1, 2; it adopts the store's ids (0, 2, 3) and reloads it.
+        let mut replayed = knn(d);
+        let more = Tensor::cat(&[&images.train[0], &images.test[0].narrow(0, 0, 2)], 0);
+        replayed.learn("class 0", &more).unwrap();
+        replayed.learn("class 2", &images.train[2]).unwrap();
+        replayed.learn("class 3", &images.train[3]).unwrap();
+        assert_eq!(replayed.attach_example_store(&root).unwrap(), "loaded");
+        assert_eq!(replayed.class_ids, [0, 2, 3]);
+        same(&replayed, &twin);
+        replayed.learn("class 4", &images.test[3]).unwrap();
+        assert_eq!(replayed.class_ids, [0, 2, 3, 4]);
+        drop(replayed);
         let mut l = LifelongLearner::load(&saved).unwrap();
-        assert_eq!(l.example_store_origin(), Some("loaded"));
+        assert_eq!(
+            l.example_store_origin(),
+            Some("written"),
+            "class 4 is not the learner's"
+        );
         same(&l, &twin);
         // Consolidation's neighbours come from example search; it writes the next
         // version's store and removes the previous one.
