@@ -644,6 +644,12 @@ pub struct BenchArgs {
     /// (`scripts/bench_serve.sh` starts the FastAPI + PyTorch one).
     #[arg(long)]
     pub peer: Option<String>,
+    /// serve: how the server classifies (`prototypes` or `knn:K`).
+    #[arg(long, default_value = "prototypes", value_name = "prototypes|knn:K")]
+    pub classify: String,
+    /// serve: keep the taught examples in the server's HNSW-indexed example store.
+    #[arg(long)]
+    pub example_index: bool,
     /// serve: classes taught before the load.
     #[arg(long, default_value_t = 1000)]
     pub classes: usize,

@@ -17,6 +17,7 @@ use perennial::data::classinc::{ClassStream, ClassStreamSpec};
 use perennial::data::omniglot::{Omniglot, Split, SplitScheme};
 use perennial::data::paths;
 use perennial::data::stream::Part;
+use perennial::lifelong::Classify;
 use serde_json::{json, Value};
 
 use crate::client::{png, Client};
@@ -146,6 +147,10 @@ pub struct BenchOptions {
     pub requests: usize,
     /// A peer server to drive with the same load (`http://127.0.0.1:PORT`).
     pub peer: Option<String>,
+    /// How Perennial's server classifies.
+    pub classify: Classify,
+    /// Whether it keeps an example index (`--example-index`).
+    pub example_index: bool,
 }
 
 /// Teaches `chars` through `client`, one request (5 drawings) per character.
@@ -254,13 +259,24 @@ pub fn run(o: &BenchOptions, rss: impl Fn() -> Option<f64>) -> Result<Vec<Value>
     options.addr = ([127, 0, 0, 1], 0).into();
     options.settings = Settings {
         consolidate_every: Some(0),
+        classify: Some(o.classify),
+        example_index: Some(o.example_index),
         ..Settings::default()
     };
     options.queue = 1024;
     let token = crate::auth::add_token(&store, crate::Role::Writer)?;
     let running = crate::start(options).context("starting the server")?;
     let client = Client::new(format!("http://{}", running.addr()), Some(token));
-    let ours = loads(&client, &chars, o.requests, "perennial", &rss);
+    let ours = loads(&client, &chars, o.requests, "perennial", &rss).map(|lines| {
+        lines
+            .into_iter()
+            .map(|mut l| {
+                l["classify"] = json!(o.classify.to_string());
+                l["example_index"] = json!(o.example_index);
+                l
+            })
+            .collect::<Vec<_>>()
+    });
     running.stop()?;
     let _ = std::fs::remove_dir_all(&store);
     let mut lines = ours?;

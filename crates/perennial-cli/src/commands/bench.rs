@@ -320,6 +320,8 @@ fn serve(a: &BenchArgs) -> Result<()> {
         classes: a.classes,
         requests: a.iters.unwrap_or(250),
         peer: a.peer.clone(),
+        classify: perennial::lifelong::Classify::parse(&a.classify)?,
+        example_index: a.example_index,
     };
     for line in perennial_serve::bench::run(&options, || Some(super::peak_rss_mb()))? {
         println!("{line}");
