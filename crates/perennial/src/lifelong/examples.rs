@@ -165,10 +165,13 @@ impl std::fmt::Debug for ExampleStore {
 }
 
 fn store_error(dir: &Path, e: perennial_store::Error) -> Error {
-    Error::run(
-        dir,
-        format!("example store: {e} (it is derived from the learner's examples: remove the folder to have it rewritten)"),
-    )
+    let hint = match e.is_refusal() {
+        true => {
+            " (it is derived from the learner's examples: remove the folder to have it rewritten)"
+        }
+        false => "",
+    };
+    Error::run(dir, format!("example store: {e}{hint}"))
 }
 
 /// The store settings for features compared under `distance`.
