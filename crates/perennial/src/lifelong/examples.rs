@@ -455,10 +455,17 @@ impl ExampleIndex {
                 let keys = Tensor::cat(&keys, 0);
                 let take = k.min(class_of.len()) as i64;
                 let logits = tch::no_grad(|| {
-                    distance.logits(
-                        &queries.to_kind(Kind::Float),
-                        &keys.to_device(queries.device()),
-                    )
+                    let q = queries.to_kind(Kind::Float);
+                    let keys = keys.to_device(queries.device());
+                    match distance {
+                        // |q|² + |k|² − 2 q·k: one product, not an [n, N, d] difference.
+                        Distance::SquaredEuclidean => {
+                            let qq = q.square().sum_dim_intlist(1, true, Kind::Float);
+                            let kk = keys.square().sum_dim_intlist(1, false, Kind::Float);
+                            -((qq + kk.unsqueeze(0) - q.matmul(&keys.tr()) * 2.0).clamp_min(0.0))
+                        }
+                        cosine => cosine.logits(&q, &keys),
+                    }
                 });
                 let (l, i) = logits.topk(take, 1, true, true);
                 let l: Vec<f64> =
