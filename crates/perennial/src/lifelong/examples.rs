@@ -5,9 +5,10 @@
 //! themselves, for two uses:
 //!
 //! - **k-nearest-neighbour classification** ([`Classify::Knn`]): a query's `k` nearest
-//!   examples vote, each class scoring its nearest example's logit (the encoder's
-//!   distance, as prototypes are scored), classes without an example among the `k`
-//!   scoring nothing.
+//!   examples vote, each with the weight `exp(logit)` of its logit under the encoder's
+//!   distance (as prototypes are scored): a class scores the log-sum-exp of its
+//!   examples' logits, so its probability is its share of the k neighbours' weight;
+//!   classes without an example among the `k` score nothing.
 //! - **consolidation's neighbour classes**: a class's hard neighbours are the classes
 //!   of the examples nearest its prototype, found by example search rather than by the
 //!   distance between means.
@@ -358,13 +359,17 @@ fn insert(store: &mut Store, id: i64, label: &str, features: &Tensor) -> Result<
     Ok(())
 }
 
-/// Each class's best logit among the hits: `(class, logit)`s to a `[known]` row of
-/// `-inf` (no example among the k nearest) and logits.
+/// The soft vote of the hits: `(class, logit)`s to a `[known]` row whose entry `c` is
+/// `log Σ exp(logit)` over class `c`'s hits (`-inf` for a class with none), so that
+/// its softmax is each class's share of the k neighbours' kernel weight `exp(logit)`.
+/// With k = 1 it is the nearest example's class; with more, a class with several near
+/// examples outvotes one with a single nearest outlier.
 fn row_of(hits: impl Iterator<Item = (usize, f64)>, known: usize) -> Vec<f64> {
     let mut row = vec![f64::NEG_INFINITY; known];
     for (c, l) in hits {
-        if c < known && l > row[c] {
-            row[c] = l;
+        if c < known {
+            let (hi, lo) = if row[c] > l { (row[c], l) } else { (l, row[c]) };
+            row[c] = hi + (lo - hi).exp().ln_1p();
         }
     }
     row
@@ -516,8 +521,8 @@ impl ExampleIndex {
         }
     }
 
-    /// Scores `[n, known]` by the `k` nearest examples: each class its nearest
-    /// example's logit among them, `-inf` for a class with none.
+    /// Scores `[n, known]` by the `k` nearest examples: each class the log-sum-exp of
+    /// its examples' logits among them (a soft vote), `-inf` for a class with none.
     pub(crate) fn knn_scores(
         &self,
         features: &Tensor,
@@ -623,18 +628,26 @@ mod tests {
     }
 
     #[test]
-    fn knn_scores_each_class_by_its_nearest_example_among_the_k() {
+    fn knn_scores_each_class_by_the_soft_vote_of_its_examples_among_the_k() {
         let (ix, ids) = line();
         let q = Tensor::from_slice(&[2.0f32, 8.0]).view([2, 1]);
         let s = ix.knn_scores(&q, 2, Distance::SquaredEuclidean, &ids);
         let s: Vec<f32> = Vec::try_from(s.reshape([-1])).unwrap();
-        // 2.0: nearest 1.0 (a, 1) then 0.0 (a, 4): only a; 8.0: 9.0 (c, 1), 10.0 (c, 4).
+        // 2.0: nearest 1.0 (a, d 1) then 0.0 (a, d 4): only a, log(e⁻¹ + e⁻⁴);
+        // 8.0: 9.0 (c, 1), 10.0 (c, 4): only c, the same.
         let inf = f32::NEG_INFINITY;
-        assert_eq!(s, vec![-1.0, inf, inf, inf, inf, -1.0]);
+        let two = ((-1f64).exp() + (-4f64).exp()).ln() as f32;
+        let close =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x == y || (x - y).abs() < 1e-6);
+        assert!(close(&s, &[two, inf, inf, inf, inf, two]), "{s:?}");
         let s = ix.knn_scores(&q, 3, Distance::SquaredEuclidean, &ids);
         let s: Vec<f32> = Vec::try_from(s.reshape([-1])).unwrap();
         // 2.0: third nearest is b at 5.0 (9); 8.0: third is b (9).
-        assert_eq!(s, vec![-1.0, -9.0, inf, inf, -9.0, -1.0]);
+        assert!(close(&s, &[two, -9.0, inf, inf, -9.0, two]), "{s:?}");
+        // One example: the nearest one's logit.
+        let s = ix.knn_scores(&q, 1, Distance::SquaredEuclidean, &ids);
+        let s: Vec<f32> = Vec::try_from(s.reshape([-1])).unwrap();
+        assert_eq!(s, vec![-1.0, inf, inf, inf, inf, -1.0]);
     }
 
     #[test]

@@ -561,8 +561,9 @@ impl LifelongLearner {
 
     /// Scores `[n, known]` of features (the highest is the prediction), class `c` in
     /// column `c` (the order of [`LifelongLearner::classes`]): the prototypes' logits,
-    /// or under [`Classify::Knn`] each class's nearest example's logit among the `k`
-    /// nearest (`-inf` for a class with none among them).
+    /// or under [`Classify::Knn`] the soft vote of the `k` nearest examples (each
+    /// class the log-sum-exp of its examples' logits among them, `-inf` for a class
+    /// with none).
     pub fn scores(&self, features: &Tensor) -> Tensor {
         match (self.config.classify, &self.example_index) {
             (Classify::Knn { k }, Some(ix)) => {
@@ -1363,8 +1364,8 @@ mod tests {
         LifelongLearner::new(encoder::copy(l.encoder()).unwrap(), config).unwrap()
     }
 
-    /// kNN scores by brute force: each class's best logit among the `k` nearest rows
-    /// of `keys` (class `of[i]`), `-inf` otherwise.
+    /// kNN scores by brute force: each class's log-sum-exp of its logits among the `k`
+    /// nearest rows of `keys` (class `of[i]`), `-inf` otherwise.
     fn brute_knn(f: &Tensor, keys: &Tensor, of: &[usize], known: usize, d: Distance) -> Vec<f32> {
         let logits: Vec<f32> = Vec::try_from(d.logits(f, keys).reshape([-1])).unwrap();
         let n = of.len();
@@ -1372,11 +1373,17 @@ mod tests {
         for row in logits.chunks(n) {
             let mut order: Vec<usize> = (0..n).collect();
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            let mut best = vec![f32::NEG_INFINITY; known];
+            let mut sum = vec![0f64; known];
             for &i in &order[..5.min(n)] {
-                best[of[i]] = best[of[i]].max(row[i]);
+                sum[of[i]] += (row[i] as f64).exp();
             }
-            out.extend(best);
+            out.extend(sum.iter().map(|&s| {
+                if s > 0.0 {
+                    s.ln() as f32
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
         }
         out
     }
