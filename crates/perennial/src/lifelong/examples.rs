@@ -545,7 +545,8 @@ impl ExampleIndex {
 
     /// For each of `classes` (class indices; `means` `[classes.len(), d]` their
     /// prototypes), the other classes among `classes` whose examples lie nearest its
-    /// prototype, nearest first, at most `want`, as positions in `classes`.
+    /// prototype, nearest first, at most `want`, as positions in `classes`, from its
+    /// `search` nearest examples (its own class's among them).
     pub(crate) fn neighbour_classes(
         &self,
         means: &Tensor,
@@ -553,35 +554,29 @@ impl ExampleIndex {
         want: usize,
         distance: Distance,
         ids: &[i64],
-        examples_per_class: usize,
+        search: usize,
     ) -> Vec<Vec<usize>> {
         let position: HashMap<usize, usize> =
             classes.iter().enumerate().map(|(p, &c)| (c, p)).collect();
-        let mut out = Vec::with_capacity(classes.len());
-        for (p, &c) in classes.iter().enumerate() {
-            let allowed = |o: usize| o != c && position.contains_key(&o);
-            // Enough examples to meet `want` other classes even when each shows many.
-            let k = (want * examples_per_class.max(1) * 2).max(want);
-            let hits = self.nearest(
-                &means.narrow(0, p as i64, 1),
-                k,
-                distance,
-                ids,
-                Some(&allowed),
-            );
-            let mut near = Vec::with_capacity(want);
-            for (o, _) in hits.into_iter().flatten() {
-                let q = position[&o];
-                if !near.contains(&q) {
-                    near.push(q);
-                    if near.len() == want {
-                        break;
+        let allowed = |o: usize| position.contains_key(&o);
+        // Every prototype in one query; a class's own examples are skipped below.
+        let hits = self.nearest(means, search, distance, ids, Some(&allowed));
+        hits.into_iter()
+            .enumerate()
+            .map(|(p, hits)| {
+                let mut near = Vec::with_capacity(want);
+                for (o, _) in hits {
+                    let q = position[&o];
+                    if q != p && !near.contains(&q) {
+                        near.push(q);
+                        if near.len() == want {
+                            break;
+                        }
                     }
                 }
-            }
-            out.push(near);
-        }
-        out
+                near
+            })
+            .collect()
     }
 }
 
@@ -654,11 +649,12 @@ mod tests {
     fn a_forgotten_class_leaves_the_index_and_neighbours_skip_the_class_itself() {
         let (mut ix, ids) = line();
         let means = Tensor::from_slice(&[0.5f32, 5.0, 9.5]).view([3, 1]);
-        let near = ix.neighbour_classes(&means, &[0, 1, 2], 2, Distance::SquaredEuclidean, &ids, 2);
+        let near =
+            ix.neighbour_classes(&means, &[0, 1, 2], 2, Distance::SquaredEuclidean, &ids, 10);
         assert_eq!(near, vec![vec![1, 2], vec![0, 2], vec![1, 0]]);
         // Only classes 0 and 2 eligible: positions in [0, 2].
         let m = Tensor::from_slice(&[0.5f32, 9.5]).view([2, 1]);
-        let near = ix.neighbour_classes(&m, &[0, 2], 2, Distance::SquaredEuclidean, &ids, 2);
+        let near = ix.neighbour_classes(&m, &[0, 2], 2, Distance::SquaredEuclidean, &ids, 10);
         assert_eq!(near, vec![vec![1], vec![0]]);
         ix.forget(1, 11).unwrap();
         let ids = vec![10, 12];

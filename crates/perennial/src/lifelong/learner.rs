@@ -664,14 +664,21 @@ impl LifelongLearner {
                 Some(match &self.example_index {
                     // Neighbours by example search: the classes whose examples lie
                     // nearest each prototype.
-                    Some(ix) => ix.neighbour_classes(
-                        &m,
-                        &eligible,
-                        ways,
-                        self.distance(),
-                        &self.class_ids,
-                        self.config.consolidation.examples_per_class(),
-                    ),
+                    Some(ix) => {
+                        // Enough examples to meet `ways` other classes even when each
+                        // shows many, past the class's own.
+                        let per = self.config.consolidation.examples_per_class().max(1);
+                        let own = eligible.iter().map(|&c| self.memory.counts()[c]).max();
+                        let search = (ways * per * 2).max(ways) + own.unwrap_or(0);
+                        ix.neighbour_classes(
+                            &m,
+                            &eligible,
+                            ways,
+                            self.distance(),
+                            &self.class_ids,
+                            search,
+                        )
+                    }
                     // By the encoder's distance between prototypes: cosine ranks as
                     // the squared distance between unit vectors does.
                     None => nearest_classes(
@@ -817,7 +824,7 @@ impl LifelongLearner {
         };
         // Release a store already attached here before opening it again.
         if let Some(ExampleIndex::Store(_)) = &self.example_index {
-            self.detach_example_store();
+            self.example_index = None;
         }
         let distance = self.distance();
         let mut rows = || Ok::<_, Error>(self.rows_of(self.encoded_examples()));
@@ -988,8 +995,16 @@ impl LifelongLearner {
         learner.next_class_id = saved
             .next_class_id
             .max(learner.class_ids.iter().max().map_or(0, |m| m + 1));
-        if learner.example_index.is_some() {
-            learner.example_index = Some(ExampleIndex::Tensors(learner.encoded_examples()));
+        // The example memory: its store when one was attached (reloaded or rewritten),
+        // else, under kNN, the examples encoded into tensors.
+        match saved.example_store {
+            Some(root) => {
+                learner.attach_example_store(&root)?;
+            }
+            None if learner.example_index.is_some() => {
+                learner.example_index = Some(ExampleIndex::Tensors(learner.encoded_examples()));
+            }
+            None => {}
         }
         Ok(learner)
     }
@@ -1057,16 +1072,7 @@ impl LifelongLearner {
         let meta: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::run(&json, format!("corrupt saved learner: {e}")))?;
         let tensors = load_named(&folder.join("tensors.safetensors"))?;
-        let mut learner =
-            Self::from_state(&tensors, &meta).map_err(|e| Error::run(&folder, e.to_string()))?;
-        let store = meta
-            .get("example_store")
-            .and_then(serde_json::Value::as_str)
-            .map(PathBuf::from);
-        if let Some(root) = store {
-            learner.attach_example_store(&root)?;
-        }
-        Ok(learner)
+        Self::from_state(&tensors, &meta).map_err(|e| Error::run(&folder, e.to_string()))
     }
 }
 
