@@ -99,7 +99,11 @@ fn config(a: &Algorithm, seed: u64) -> RunConfig {
     c
 }
 
+/// A learner of the registry on the CPU. It also pins libtorch's (process-wide) thread
+/// count to one: the suite's tests run at once in one process, and a test that changed
+/// it while another compared two runs would make that comparison depend on timing.
 fn build(a: &Algorithm, seed: u64) -> Box<dyn MetaLearner> {
+    tch::set_num_threads(1);
     a.build(&config(a, seed), Device::Cpu).unwrap()
 }
 
@@ -143,7 +147,6 @@ fn budget(a: &Algorithm) -> u64 {
 
 #[test]
 fn every_learner_learns_a_separable_synthetic_task() {
-    tch::set_num_threads(1);
     let source = Synthetic { pool: pool(40, 11) };
     let test = pool(20, 12);
     for a in registry::all() {

@@ -412,25 +412,30 @@ impl Maml {
             };
             return (grads, report);
         }
+        // Each task's gradient is computed on one thread and the tasks are summed in
+        // their order whatever the number of workers, so the meta-gradient, and a run,
+        // is bit-identical at any `--threads` (a run resumed on another thread count
+        // continues exactly).
         let threads = tch::get_num_threads().max(1) as usize;
         let workers = threads.min(tasks.len()).max(1);
         let parts: Vec<Partial> = if workers == 1 {
-            vec![self.inner().tasks_gradient(tasks.iter(), n)]
+            self.inner().task_partials(tasks.iter(), n)
         } else {
-            let chunks: Vec<Vec<Task>> = (0..workers)
+            let chunks: Vec<Vec<(usize, Task)>> = (0..workers)
                 .map(|w| {
                     tasks
                         .iter()
+                        .enumerate()
                         .skip(w)
                         .step_by(workers)
-                        .map(Task::shallow_clone)
+                        .map(|(i, t)| (i, t.shallow_clone()))
                         .collect()
                 })
                 .collect();
             let (net, variant) = (&self.net, self.config.variant);
             let (inner_lr, inner_steps) = (self.config.inner_lr, self.config.inner_steps);
             let (msl, per_step_bn) = (self.loss_weights(), self.config.per_step_bn);
-            let parts = std::thread::scope(|scope| {
+            let mut indexed = std::thread::scope(|scope| {
                 let handles: Vec<_> = chunks
                     .into_iter()
                     .map(|chunk| {
@@ -447,28 +452,25 @@ impl Maml {
                                 per_step_bn,
                                 params: &params,
                             };
-                            inner.tasks_gradient(chunk.iter(), n)
+                            let order: Vec<usize> = chunk.iter().map(|(i, _)| *i).collect();
+                            order
+                                .into_iter()
+                                .zip(inner.task_partials(chunk.iter().map(|(_, t)| t), n))
+                                .collect::<Vec<_>>()
                         })
                     })
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().expect("a meta-gradient worker panicked"))
+                    .flat_map(|h| h.join().expect("a meta-gradient worker panicked"))
                     .collect::<Vec<_>>()
             });
             // Workers changed the (process-wide) BLAS thread count; restore it.
             tch::set_num_threads(threads as i32);
-            parts
+            indexed.sort_by_key(|(i, _)| *i);
+            indexed.into_iter().map(|(_, p)| p).collect()
         };
-        let mut parts = parts.into_iter();
-        let mut total = parts.next().expect("at least one worker");
-        for p in parts {
-            for (a, b) in total.grads.iter_mut().zip(&p.grads) {
-                *a = &*a + b;
-            }
-            total.loss += p.loss;
-            total.accuracy = total.accuracy.zip(p.accuracy).map(|(a, b)| a + b);
-        }
+        let total = Partial::sum_in_order(parts, &self.params.tensors());
         (
             total.grads,
             StepReport {
@@ -507,6 +509,36 @@ struct Partial {
     grads: Vec<Tensor>,
     loss: f64,
     accuracy: Option<f64>,
+}
+
+impl Partial {
+    /// The sum of `parts`, added in their order (zero gradients, shaped as `like`, when
+    /// there are none).
+    fn sum_in_order(parts: Vec<Partial>, like: &[&Tensor]) -> Partial {
+        let mut total = Partial {
+            grads: Vec::new(),
+            loss: 0.0,
+            accuracy: Some(0.0),
+        };
+        for (k, p) in parts.into_iter().enumerate() {
+            total.grads = if k == 0 {
+                p.grads
+            } else {
+                total
+                    .grads
+                    .iter()
+                    .zip(&p.grads)
+                    .map(|(a, b)| a + b)
+                    .collect()
+            };
+            total.loss += p.loss;
+            total.accuracy = total.accuracy.zip(p.accuracy).map(|(a, b)| a + b);
+        }
+        if total.grads.is_empty() {
+            total.grads = like.iter().map(|t| t.zeros_like()).collect();
+        }
+        total
+    }
 }
 
 /// Everything the inner loop needs, usable from any thread (the parameter set is the
@@ -668,27 +700,20 @@ impl Inner<'_> {
 
     /// Gradient of `Σ_tasks loss / n` with respect to every parameter, one task's graph
     /// at a time.
-    fn tasks_gradient<'t>(&self, tasks: impl Iterator<Item = &'t Task>, n: f64) -> Partial {
+    /// Each task's share of the meta-gradient (its gradient, loss and accuracy divided
+    /// by `n`), in the tasks' order.
+    fn task_partials<'t>(&self, tasks: impl Iterator<Item = &'t Task>, n: f64) -> Vec<Partial> {
         let inputs = self.params.tensors();
-        let mut grads: Option<Vec<Tensor>> = None;
-        let (mut loss_sum, mut acc) = (0.0, Some(0.0));
-        for task in tasks {
-            let (weighted, loss, out) = self.task_loss(task);
-            let g = Tensor::run_backward(&[&(&weighted / n)], &inputs, false, false);
-            grads = Some(match grads {
-                None => g,
-                Some(sum) => sum.iter().zip(&g).map(|(a, b)| a + b).collect(),
-            });
-            loss_sum += loss.double_value(&[]) / n;
-            acc = acc
-                .zip(self.net.accuracy(&out, &task.query.y))
-                .map(|(a, b)| a + b / n);
-        }
-        Partial {
-            grads: grads.unwrap_or_else(|| inputs.iter().map(|t| t.zeros_like()).collect()),
-            loss: loss_sum,
-            accuracy: acc,
-        }
+        tasks
+            .map(|task| {
+                let (weighted, loss, out) = self.task_loss(task);
+                Partial {
+                    grads: Tensor::run_backward(&[&(&weighted / n)], &inputs, false, false),
+                    loss: loss.double_value(&[]) / n,
+                    accuracy: self.net.accuracy(&out, &task.query.y).map(|a| a / n),
+                }
+            })
+            .collect()
     }
 }
 
