@@ -54,6 +54,28 @@ pub enum Command {
     /// at any time, it answers at once, flags what it has not seen, and consolidates
     /// itself in the background. `perennial serve token` makes tokens.
     Serve(ServeArgs),
+    /// Start N local ranks of a data-parallel run: `perennial launch --nproc 2 -- train
+    /// maml ...` runs the command after `--` N times with RANK, WORLD_SIZE, LOCAL_RANK,
+    /// MASTER_ADDR and MASTER_PORT set, as torchrun does (on a cluster, run the same
+    /// command under torchrun --no-python, srun or mpirun instead).
+    Launch(LaunchArgs),
+}
+
+/// `launch` flags.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Ranks to start on this machine.
+    #[arg(long, default_value_t = 2)]
+    pub nproc: usize,
+    /// The address rank 0 serves the rendezvous on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub master_addr: String,
+    /// Its port (default: a free port).
+    #[arg(long)]
+    pub master_port: Option<u16>,
+    /// The command every rank runs (`train ...`), after `--`.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
 }
 
 /// `serve` flags.
@@ -424,6 +446,10 @@ pub struct ProtonetArgs {
     /// Support examples per class in validation (default: --shots).
     #[arg(long)]
     pub val_shots: Option<usize>,
+    /// Episodes per update, their losses averaged (Snell et al.: 1). More than one lets
+    /// a data-parallel run (`perennial launch`) share an update's episodes out.
+    #[arg(long, default_value_t = 1)]
+    pub meta_batch: u64,
 }
 
 /// `train maml|fomaml|anil|metasgd` flags.

@@ -2029,3 +2029,124 @@ fn memory_runs_resume_exactly_and_bad_flags_are_refused() {
     refused("mann", &["--clip-norm=-1"], &["--clip-norm"]);
     refused("mann", &["--dataset", "sinusoid"], &["sinusoid"]);
 }
+
+/// The largest difference between two runs' checkpointed meta-parameters (`params.*`),
+/// relative to the largest parameter.
+fn params_diff(a: &Path, b: &Path) -> f64 {
+    let read = |p: &Path| -> std::collections::BTreeMap<String, tch::Tensor> {
+        tch::Tensor::read_safetensors(p.join("checkpoint.safetensors"))
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("params."))
+            .collect()
+    };
+    let (a, b) = (read(a), read(b));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    let (mut diff, mut scale) = (0.0f64, 0.0f64);
+    for (n, ta) in &a {
+        diff = diff.max((ta - &b[n]).abs().max().double_value(&[]));
+        scale = scale.max(ta.abs().max().double_value(&[]));
+    }
+    diff / scale
+}
+
+/// `perennial launch --nproc 2 -- train ...`: two ranks (processes, Gloo on loopback)
+/// end 600 updates with the parameters of one process on the whole meta-batch, to
+/// rounding (sinusoid MAML, two tasks an update, one a rank: the process batches its
+/// two tasks into one graph, the ranks do not); killed after a checkpoint and resumed
+/// under `launch`, they end with the uninterrupted launch's checkpoint byte for byte; a
+/// meta-batch smaller than the ranks is refused by every rank.
+#[test]
+fn launch_trains_data_parallel_as_one_process_and_resumes() {
+    if !perennial::dist::backend_available() {
+        eprintln!("skipped: this build has no distributed backend");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let train_args = |out: &Path, meta_batch: &str| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "maml",
+            "--dataset",
+            "sinusoid",
+            "--episodes",
+            "600",
+            "--meta-batch",
+            meta_batch,
+            "--checkpoint-every",
+            "50",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.push(out.display().to_string());
+        v
+    };
+    let launch = |args: Vec<String>| {
+        let mut c = bin();
+        c.args(["--threads", "1", "launch", "--nproc", "2", "--"])
+            .args(args);
+        c
+    };
+    let single = dir.path().join("single");
+    let out = run(bin()
+        .args(["--threads", "1"])
+        .args(train_args(&single, "2")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let two = dir.path().join("two");
+    let out = run(&mut launch(train_args(&two, "2")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = params_diff(&single, &two);
+    eprintln!("launch vs single: {d:e}");
+    assert!(d < 1e-5, "two ranks diverged from one process: {d:e}");
+    // Rank 0 alone wrote the metrics: one line per 50 updates (the default --log-every)
+    // and the all-reduce's cost.
+    let metrics = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 13, "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"allreduce_calls\":600"),
+        "{metrics}"
+    );
+
+    let killed = dir.path().join("killed");
+    kill_after_checkpoint(&mut launch(train_args(&killed, "2")), &killed, 50, 600);
+    let mut resume = bin();
+    resume
+        .args(["--threads", "1", "launch", "--nproc", "2", "--"])
+        .args(["train", "maml", "--resume", "--out"])
+        .arg(&killed);
+    let out = run(&mut resume);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        checkpoint_tensors(&two),
+        checkpoint_tensors(&killed),
+        "the resumed data-parallel run diverged"
+    );
+
+    let out = run(&mut launch(train_args(&dir.path().join("mb1"), "1")));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--meta-batch") && err.contains("failed"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -32,6 +32,9 @@ pub enum Error {
         /// Why it is invalid.
         reason: String,
     },
+    /// Data-parallel training: joining the group of processes or a collective failed.
+    #[error("distributed: {0}")]
+    Distributed(#[from] perennial_dist::Error),
     /// Loaded parameters do not fit the model.
     #[error("parameter {name}: {reason}")]
     Parameters {

@@ -16,6 +16,7 @@
 //! * [`train`]: the episodic training loop with validation and best-checkpoint keeping.
 
 pub mod checkpoint;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod lifelong;

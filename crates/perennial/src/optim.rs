@@ -2,6 +2,8 @@
 //! so its whole state (moments and step count) goes into checkpoints and a resumed run
 //! continues exactly where it stopped.
 
+use std::sync::Arc;
+
 use tch::Tensor;
 
 use crate::error::{Error, Result};
@@ -67,14 +69,35 @@ impl AdamConfig {
     }
 }
 
+/// The meta-gradient hand-off of data-parallel training: turns one rank's gradients
+/// (of its share of the meta-batch) into the whole meta-batch's, the same on every rank
+/// (an all-reduce; [`crate::dist`]). An optimiser given one calls it before every update.
+pub trait GradReduce: Send + Sync {
+    /// Replaces `grads` (one per tensor of `params`, `None` where a tensor has no
+    /// gradient on this rank) by the meta-batch's gradients. Returns `false` when the
+    /// collective failed: the update is then skipped, and the failure is the
+    /// reducer's to report (the training loop asks it after every update).
+    fn reduce(&self, params: &[&Tensor], grads: &mut [Option<Tensor>]) -> bool;
+}
+
 /// Adam's state for one parameter set.
-#[derive(Debug)]
 pub struct Adam {
     /// The hyperparameters.
     pub config: AdamConfig,
     m: ParamSet,
     v: ParamSet,
     t: u64,
+    reducer: Option<Arc<dyn GradReduce>>,
+}
+
+impl std::fmt::Debug for Adam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adam")
+            .field("config", &self.config)
+            .field("t", &self.t)
+            .field("data_parallel", &self.reducer.is_some())
+            .finish()
+    }
 }
 
 impl Adam {
@@ -86,7 +109,14 @@ impl Adam {
             m: zeros(),
             v: zeros(),
             t: 0,
+            reducer: None,
         }
+    }
+
+    /// Sets (or with `None` removes) the meta-gradient hand-off of data-parallel
+    /// training: every later update first passes its gradients through `reducer`.
+    pub fn set_reducer(&mut self, reducer: Option<Arc<dyn GradReduce>>) {
+        self.reducer = reducer;
     }
 
     /// Updates performed so far.
@@ -97,14 +127,34 @@ impl Adam {
     /// One update from explicit gradients, one per tensor of `params` in order (as
     /// returned by `autograd.grad`); `.grad` is not read.
     pub fn step_with(&mut self, params: &ParamSet, grads: &[Tensor]) {
-        self.apply(params, grads.iter().map(Some));
+        match self.reducer.clone() {
+            None => self.apply(params, grads.iter().map(Some)),
+            Some(r) => {
+                let mut g: Vec<Option<Tensor>> =
+                    grads.iter().map(|g| Some(g.shallow_clone())).collect();
+                if r.reduce(&params.tensors(), &mut g) {
+                    self.apply(params, g.iter().map(Option::as_ref));
+                }
+            }
+        }
     }
 
     /// One update from the gradients accumulated in `params`; clears them. Tensors
     /// without a gradient are left alone.
     pub fn step(&mut self, params: &ParamSet) {
         let grads: Vec<Tensor> = params.tensors().iter().map(|p| p.grad()).collect();
-        self.apply(params, grads.iter().map(|g| g.defined().then_some(g)));
+        match self.reducer.clone() {
+            None => self.apply(params, grads.iter().map(|g| g.defined().then_some(g))),
+            Some(r) => {
+                let mut g: Vec<Option<Tensor>> = grads
+                    .iter()
+                    .map(|g| g.defined().then(|| g.shallow_clone()))
+                    .collect();
+                if r.reduce(&params.tensors(), &mut g) {
+                    self.apply(params, g.iter().map(Option::as_ref));
+                }
+            }
+        }
         tch::no_grad(|| {
             for mut g in grads.into_iter().filter(Tensor::defined) {
                 let _ = g.zero_();

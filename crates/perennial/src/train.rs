@@ -8,6 +8,7 @@ use serde_json::json;
 use tch::Device;
 
 use crate::checkpoint::{RunConfig, RunDir, RunState, ScheduleConfig};
+use crate::dist::DataParallel;
 use crate::error::Result;
 use crate::eval::{evaluate, Summary};
 use crate::meta::{MetaLearner, StepReport};
@@ -68,22 +69,106 @@ pub fn train(
     device: Device,
     observer: &mut dyn Observer,
 ) -> Result<RunState> {
-    schedule.validate()?;
-    let mut state = run.state()?;
-    if state.next_episode > 0 {
-        learner.load_training_state(&run.load_checkpoint()?)?;
-        tracing::info!(episode = state.next_episode, "resuming");
+    train_loop(
+        learner,
+        Some(run),
+        schedule,
+        source,
+        val_sampler,
+        device,
+        observer,
+        None,
+    )
+}
+
+/// [`train`] as one rank of a data-parallel run ([`crate::dist`]): this rank meta-trains
+/// on its share of every meta-batch, the gradients are all-reduced, and every rank takes
+/// the same update. `run` is rank 0's run directory (`None` on every other rank: only
+/// rank 0 reads checkpoints and writes metrics, the best model and checkpoints; it
+/// broadcasts the starting state, so a resumed run resumes on every rank).
+#[allow(clippy::too_many_arguments)]
+pub fn train_data_parallel(
+    learner: &mut dyn MetaLearner,
+    run: Option<&RunDir>,
+    schedule: &ScheduleConfig,
+    source: &dyn TaskSource,
+    val_sampler: Option<&EpisodeSampler>,
+    device: Device,
+    observer: &mut dyn Observer,
+    dp: &DataParallel,
+) -> Result<RunState> {
+    if dp.is_root() != run.is_some() {
+        return Err(crate::error::Error::config(
+            "run directory",
+            if run.is_some() { "given" } else { "missing" },
+            "rank 0, and only rank 0, writes the run directory",
+        ));
     }
-    run.truncate_metrics(state.next_episode)?;
+    learner.set_gradient_reducer(Some(dp.reducer()))?;
+    let out = train_loop(
+        learner,
+        run,
+        schedule,
+        source,
+        val_sampler,
+        device,
+        observer,
+        Some(dp),
+    );
+    learner.set_gradient_reducer(None)?;
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_loop(
+    learner: &mut dyn MetaLearner,
+    run: Option<&RunDir>,
+    schedule: &ScheduleConfig,
+    source: &dyn TaskSource,
+    val_sampler: Option<&EpisodeSampler>,
+    device: Device,
+    observer: &mut dyn Observer,
+    dp: Option<&DataParallel>,
+) -> Result<RunState> {
+    schedule.validate()?;
+    let mut state = match run {
+        Some(run) => run.state()?,
+        None => RunState::default(),
+    };
+    if let Some(run) = run {
+        if state.next_episode > 0 {
+            learner.load_training_state(&run.load_checkpoint()?)?;
+            tracing::info!(episode = state.next_episode, "resuming");
+        }
+        run.truncate_metrics(state.next_episode)?;
+    }
+    if let Some(dp) = dp {
+        state.next_episode = dp.broadcast_u64(state.next_episode)?;
+        dp.broadcast_state(learner)?;
+    }
     let start = Instant::now();
     let (mut loss, mut acc, mut n) = (0.0, 0.0, 0u64);
     let mb = schedule.meta_batch;
-    let mut tasks = source.tasks(state.next_episode * mb, schedule.episodes * mb, device);
+    // This process's tasks of every meta-batch: all of them, or a data-parallel share.
+    let (lo, hi) = dp.map_or((0, mb), DataParallel::share);
+    let mut tasks = match dp {
+        None => source.tasks(state.next_episode * mb, schedule.episodes * mb, device),
+        Some(_) => Box::new(std::iter::empty()),
+    };
     let mut batch = Vec::with_capacity(mb as usize);
     for done in state.next_episode + 1..=schedule.episodes {
         batch.clear();
-        batch.extend(tasks.by_ref().take(mb as usize));
+        match dp {
+            None => batch.extend(tasks.by_ref().take(mb as usize)),
+            Some(_) => {
+                let first = (done - 1) * mb;
+                batch.extend(source.tasks(first + lo, first + hi, device));
+            }
+        }
         let report = learner.meta_step(&batch);
+        if let Some(e) = dp.and_then(DataParallel::take_failure) {
+            return Err(e);
+        }
         (loss, acc, n) = (
             loss + report.loss,
             acc + report.accuracy.unwrap_or(f64::NAN),
@@ -91,17 +176,28 @@ pub fn train(
         );
         observer.on_episode(done, &report);
         if done % schedule.log_every == 0 || done == schedule.episodes {
-            run.append_metric(&json!({
-                "episode": done,
-                "loss": loss / n as f64,
-                "accuracy": Some(acc / n as f64).filter(|a| a.is_finite()),
-                "elapsed_s": start.elapsed().as_secs_f64(),
-            }))?;
+            let (mut l, mut a) = (loss / n as f64, acc / n as f64);
+            if let Some(dp) = dp {
+                let v = dp.weighted_mean(&[l, a])?;
+                (l, a) = (v[0], v[1]);
+            }
+            if let Some(run) = run {
+                run.append_metric(&json!({
+                    "episode": done,
+                    "loss": l,
+                    "accuracy": Some(a).filter(|a| a.is_finite()),
+                    "elapsed_s": start.elapsed().as_secs_f64(),
+                }))?;
+            }
             (loss, acc, n) = (0.0, 0.0, 0);
         }
         let validate =
             schedule.val_every > 0 && (done % schedule.val_every == 0 || done == schedule.episodes);
-        if let (true, Some(val)) = (validate, val_sampler) {
+        let checkpoint = done % schedule.checkpoint_every == 0 || done == schedule.episodes;
+        if let (Some(dp), true) = (dp, validate || checkpoint) {
+            dp.average_buffers(learner)?;
+        }
+        if let (true, Some(val), Some(run)) = (validate, val_sampler, run) {
             let s = evaluate(
                 &*learner,
                 (0..schedule.val_episodes).map(|i| val.sample(i)),
@@ -122,17 +218,35 @@ pub fn train(
             }))?;
             observer.on_validation(done, &s, best);
         }
-        if done % schedule.checkpoint_every == 0 || done == schedule.episodes {
-            run.save_checkpoint(&learner.training_state())?;
+        if checkpoint {
             state.next_episode = done;
             state.finished = done == schedule.episodes;
-            run.save_state(&state)?;
+            if let Some(run) = run {
+                run.save_checkpoint(&learner.training_state())?;
+                run.save_state(&state)?;
+            }
             observer.on_checkpoint(done);
         }
     }
-    if val_sampler.is_none() || schedule.val_every == 0 {
+    if let (Some(run), true) = (run, val_sampler.is_none() || schedule.val_every == 0) {
         // No validation: the final model is the one to evaluate.
         run.save_best(&learner.model_state())?;
+    }
+    if let Some(dp) = dp {
+        if let Some(run) = run {
+            // What the hand-off cost rank 0 over this session of the run.
+            let t = dp.traffic();
+            run.append_metric(&json!({
+                "episode": state.next_episode,
+                "ranks": dp.world_size(),
+                "train_s": start.elapsed().as_secs_f64(),
+                "allreduce_calls": t.calls,
+                "allreduce_s": t.seconds,
+                "allreduce_bytes": t.bytes,
+            }))?;
+        }
+        // No rank leaves (and tears down the group) while rank 0 is still writing.
+        dp.barrier()?;
     }
     Ok(state)
 }

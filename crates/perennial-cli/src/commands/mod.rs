@@ -5,6 +5,7 @@ mod bench;
 mod continual;
 mod download;
 mod eval;
+mod launch;
 mod report;
 mod serve;
 mod train;
@@ -61,6 +62,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Continual(a) => continual::continual(a, quiet),
         Command::Report(a) => report::report(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Launch(a) => launch::launch(a, cli.threads, quiet),
     }
 }
 

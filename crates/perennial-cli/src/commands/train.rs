@@ -143,7 +143,7 @@ pub fn protonet(a: ProtonetArgs, quiet: bool) -> Result<()> {
         Some(base_config(
             &a.common,
             AlgorithmConfig::Protonet { protonet: p },
-            1,
+            a.meta_batch,
             Some((a.val_ways, a.val_shots.unwrap_or(a.common.shots))),
         )?)
     };
@@ -520,27 +520,73 @@ impl Observer for Bars {
 }
 
 /// Creates the run (`config`) or resumes it (`None`), then trains to the end.
+///
+/// Under a distributed launcher (`WORLD_SIZE` > 1: `perennial launch`, `torchrun
+/// --no-python`, SLURM) this process is one rank of a data-parallel run: rank 0 creates
+/// or resumes the run directory and sends the configuration to the others, which touch
+/// no file.
 fn run(a: &TrainArgs, config: Option<RunConfig>, quiet: bool) -> Result<()> {
     let device = super::device(&a.device)?;
-    let (run, config) = match config {
-        None => {
-            let run = RunDir::open(&a.out)?;
-            let config = run.config()?;
-            (run, config)
-        }
-        Some(config) => {
-            // Build the learner once to check the config before creating anything.
-            build_learner(&config, device)?;
-            (RunDir::create(&a.out, &config)?, config)
+    let group = perennial::dist::join()?;
+    if group.is_some() && device != tch::Device::Cpu {
+        bail!(
+            "--device {}: data-parallel training runs on the CPU (Gloo) in this build; \
+             the NCCL path for CUDA tensors is not built yet",
+            a.device
+        );
+    }
+    let root = group.as_ref().is_none_or(|g| g.rank() == 0);
+    let (run, config) = if root {
+        let (run, config) = match config {
+            None => {
+                let run = RunDir::open(&a.out)?;
+                let config = run.config()?;
+                (run, config)
+            }
+            Some(config) => {
+                // Build the learner once to check the config before creating anything.
+                build_learner(&config, device)?;
+                (RunDir::create(&a.out, &config)?, config)
+            }
+        };
+        (Some(run), Some(config))
+    } else {
+        (None, None)
+    };
+    let (state, config) = match &group {
+        None => (
+            run.as_ref()
+                .expect("a single process is its own root")
+                .state()?,
+            config.expect("a single process is its own root"),
+        ),
+        Some(g) => {
+            // Rank 0's configuration and progress, as TOML and JSON bytes.
+            let (toml_text, state_text) = match (&run, &config) {
+                (Some(r), Some(config)) => (
+                    toml::to_string(config)?,
+                    serde_json::to_string(&r.state()?)?,
+                ),
+                _ => (String::new(), String::new()),
+            };
+            let toml_text = perennial::dist::broadcast_bytes(g, toml_text.as_bytes())?;
+            let state_text = perennial::dist::broadcast_bytes(g, state_text.as_bytes())?;
+            (
+                serde_json::from_slice(&state_text)?,
+                toml::from_str(std::str::from_utf8(&toml_text)?)?,
+            )
         }
     };
-    let state = run.state()?;
+    let state: perennial::checkpoint::RunState = state;
+    let config: RunConfig = config;
     if state.finished {
-        eprintln!(
-            "run {} already finished ({} updates)",
-            a.out.display(),
-            state.next_episode
-        );
+        if root {
+            eprintln!(
+                "run {} already finished ({} updates)",
+                a.out.display(),
+                state.next_episode
+            );
+        }
         return Ok(());
     }
     let (source, val_sampler): (Box<dyn TaskSource>, Option<EpisodeSampler>) = match &config
@@ -574,12 +620,22 @@ fn run(a: &TrainArgs, config: Option<RunConfig>, quiet: bool) -> Result<()> {
         }
     };
     let mut learner = build_learner(&config, device)?;
-    tracing::info!(
-        run = %a.out.display(), device = ?device, threads = tch::get_num_threads(),
-        updates = config.schedule.episodes, from = state.next_episode,
-        algorithm = %config.algorithm, "training"
-    );
-    let pb = bar(config.schedule.episodes, "train", quiet);
+    let dp = match group {
+        Some(g) => Some(perennial::dist::DataParallel::new(
+            g,
+            config.schedule.meta_batch,
+        )?),
+        None => None,
+    };
+    if root {
+        tracing::info!(
+            run = %a.out.display(), device = ?device, threads = tch::get_num_threads(),
+            updates = config.schedule.episodes, from = state.next_episode,
+            algorithm = %config.algorithm,
+            ranks = dp.as_ref().map_or(1, |d| d.world_size()), "training"
+        );
+    }
+    let pb = bar(config.schedule.episodes, "train", quiet || !root);
     pb.set_position(state.next_episode);
     pb.reset_eta();
     let mut obs = Bars {
@@ -589,16 +645,40 @@ fn run(a: &TrainArgs, config: Option<RunConfig>, quiet: bool) -> Result<()> {
         val: None,
     };
     let t = std::time::Instant::now();
-    let state = train(
-        learner.as_mut(),
-        &run,
-        &config.schedule,
-        source.as_ref(),
-        val_sampler.as_ref(),
-        device,
-        &mut obs,
-    )?;
+    let state = match &dp {
+        None => train(
+            learner.as_mut(),
+            run.as_ref().expect("a single process is its own root"),
+            &config.schedule,
+            source.as_ref(),
+            val_sampler.as_ref(),
+            device,
+            &mut obs,
+        )?,
+        Some(dp) => {
+            let mut silent = perennial::train::Silent;
+            let observer: &mut dyn perennial::train::Observer =
+                if root { &mut obs } else { &mut silent };
+            perennial::train::train_data_parallel(
+                learner.as_mut(),
+                run.as_ref(),
+                &config.schedule,
+                source.as_ref(),
+                val_sampler.as_ref(),
+                device,
+                observer,
+                dp,
+            )?
+        }
+    };
     obs.bar.finish_and_clear();
+    if !root {
+        return Ok(());
+    }
+    let ranks = dp
+        .as_ref()
+        .map(|d| format!(" on {} ranks", d.world_size()))
+        .unwrap_or_default();
     let best = state
         .best_val_accuracy
         .map(|v| {
@@ -610,7 +690,7 @@ fn run(a: &TrainArgs, config: Option<RunConfig>, quiet: bool) -> Result<()> {
         })
         .unwrap_or_default();
     eprintln!(
-        "trained {} {} updates in {:.1}s{best}; run in {}",
+        "trained {} {} updates{ranks} in {:.1}s{best}; run in {}",
         state.next_episode,
         config.algorithm,
         t.elapsed().as_secs_f64(),

@@ -10,11 +10,13 @@ pub mod metric;
 pub mod optimization;
 pub mod registry;
 
+use std::sync::Arc;
+
 use tch::Tensor;
 
 use crate::error::Result;
 use crate::nn::ParamSet;
-use crate::optim::Adam;
+use crate::optim::{Adam, GradReduce};
 use crate::tensors::{Batch, Task};
 
 /// A meta-learner's tensors, by role ([`MetaLearner::parts`]).
@@ -122,6 +124,26 @@ pub trait MetaLearner {
     /// its label was shown). `None` for every other learner.
     fn sequence_record(&self, _task: &Task) -> Option<Vec<(usize, bool)>> {
         None
+    }
+
+    /// Sets (or with `None` removes) the meta-gradient hand-off of data-parallel
+    /// training ([`crate::dist`]): every later update passes its gradients through
+    /// `reducer` before it is applied. Learners that train with Adam hand it to their
+    /// optimiser (this default); the others override it.
+    fn set_gradient_reducer(&mut self, reducer: Option<Arc<dyn GradReduce>>) -> Result<()> {
+        let name = self.name();
+        match self.parts_mut().adam {
+            Some(adam) => {
+                adam.set_reducer(reducer);
+                Ok(())
+            }
+            None if reducer.is_none() => Ok(()),
+            None => Err(crate::error::Error::config(
+                "algorithm",
+                name,
+                "has no meta-gradient hand-off for data-parallel training",
+            )),
+        }
     }
 
     /// The learner's tensors: meta-parameters, buffers and optimiser. The four state

@@ -12,6 +12,8 @@
 //! Differences from the paper's Omniglot setup: the inner optimiser is SGD rather than
 //! Adam with β1 = 0, and every inner step uses the whole task rather than minibatches.
 
+use std::sync::Arc;
+
 use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
@@ -19,6 +21,7 @@ use crate::meta::optimization::fastnet::{FastNet, FastNetConfig};
 use crate::meta::optimization::maml::FineTuned;
 use crate::meta::{Adapted, MetaLearner, Parts, PartsMut, StepReport};
 use crate::nn::ParamSet;
+use crate::optim::GradReduce;
 use crate::tensors::{Batch, Task};
 
 /// Reptile's settings.
@@ -68,12 +71,24 @@ impl ReptileConfig {
 }
 
 /// A Reptile learner.
-#[derive(Debug)]
 pub struct Reptile {
     config: ReptileConfig,
     net: FastNet,
     params: ParamSet,
     t: u64,
+    /// Data-parallel training's hand-off: the outer step's direction (the mean of the
+    /// adapted weights minus θ) goes through it, as a gradient would.
+    reducer: Option<Arc<dyn GradReduce>>,
+}
+
+impl std::fmt::Debug for Reptile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reptile")
+            .field("config", &self.config)
+            .field("t", &self.t)
+            .field("data_parallel", &self.reducer.is_some())
+            .finish()
+    }
 }
 
 impl Reptile {
@@ -87,6 +102,7 @@ impl Reptile {
             net,
             params,
             t: 0,
+            reducer: None,
         })
     }
 
@@ -185,14 +201,31 @@ impl MetaLearner for Reptile {
         if let Some(sum) = sum {
             let eps = self.meta_lr_at(self.t);
             tch::no_grad(|| {
-                for (name, p) in self.params.iter() {
-                    let step = (sum.get(name) / n - p) * eps;
-                    let _ = p.shallow_clone().g_add_(&step);
+                let mut dirs: Vec<Option<Tensor>> = self
+                    .params
+                    .iter()
+                    .map(|(name, p)| Some(sum.get(name) / n - p))
+                    .collect();
+                let reduced = match &self.reducer {
+                    None => true,
+                    Some(r) => r.reduce(&self.params.tensors(), &mut dirs),
+                };
+                if reduced {
+                    for ((_, p), d) in self.params.iter().zip(&dirs) {
+                        if let Some(d) = d {
+                            let _ = p.shallow_clone().g_add_(&(d * eps));
+                        }
+                    }
                 }
             });
         }
         self.t += 1;
         report
+    }
+
+    fn set_gradient_reducer(&mut self, reducer: Option<Arc<dyn GradReduce>>) -> Result<()> {
+        self.reducer = reducer;
+        Ok(())
     }
 
     fn training_state(&self) -> Vec<(String, Tensor)> {
