@@ -658,6 +658,14 @@ pub struct BenchArgs {
     /// Internal: run one benchmark in this process.
     #[arg(long, hide = true)]
     pub child: bool,
+    /// Data-parallel: run each benchmark on this many local ranks (processes joined by
+    /// Gloo, as `perennial launch` starts them), each meta-step's tasks shared out and
+    /// its gradients all-reduced; the line adds the all-reduce's time and bytes per step.
+    #[arg(long, default_value_t = 1)]
+    pub ranks: usize,
+    /// Tasks per meta-step instead of the benchmark's own (its `config.tasks`).
+    #[arg(long)]
+    pub tasks: Option<usize>,
     /// Timed iterations (default: as in the peer script); for serve, requests per
     /// client (default 250).
     #[arg(long)]

@@ -284,18 +284,44 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.child {
         return run_one(selected[0], &a);
     }
+    if a.ranks == 0 {
+        bail!("invalid --ranks = 0: must be at least 1");
+    }
     let exe = std::env::current_exe()?;
     for b in selected {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["bench", &a.family, "--child", "--bench", b.name]);
+        let mut child_args: Vec<String> = ["bench", &a.family, "--child", "--bench", b.name]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         if let Some(d) = &a.data.data_dir {
-            cmd.arg("--data-dir").arg(d);
+            child_args.extend(["--data-dir".into(), d.display().to_string()]);
         }
         if let Some(n) = a.iters {
-            cmd.args(["--iters", &n.to_string()]);
+            child_args.extend(["--iters".into(), n.to_string()]);
         }
-        if let Ok(t) = std::env::var("PERENNIAL_BENCH_THREADS") {
-            cmd.args(["--threads", &t]);
+        if let Some(n) = a.tasks {
+            child_args.extend(["--tasks".into(), n.to_string()]);
+        }
+        let threads = std::env::var("PERENNIAL_BENCH_THREADS").ok();
+        if a.ranks > 1 {
+            // Rank 0 prints the line; the ranks inherit this process's stdout.
+            super::launch::launch(
+                crate::cli::LaunchArgs {
+                    nproc: a.ranks,
+                    master_addr: "127.0.0.1".into(),
+                    master_port: None,
+                    command: child_args,
+                },
+                threads.as_deref().map(str::parse).transpose()?,
+                true,
+            )
+            .with_context(|| format!("benchmark {} on {} ranks", b.name, a.ranks))?;
+            continue;
+        }
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(&child_args);
+        if let Some(t) = &threads {
+            cmd.args(["--threads", t]);
         }
         let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
         if !out.status.success() {
@@ -439,14 +465,39 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
             device,
         )?)),
     };
+    let n_tasks = a.tasks.unwrap_or(b.tasks);
+    if n_tasks == 0 && b.work != Work::Data {
+        bail!("invalid --tasks = 0: must be at least 1");
+    }
+    // Under `--ranks`: this rank's share of every meta-step's tasks, and the hand-off.
+    let dp = match perennial::dist::join()? {
+        Some(g) => Some(perennial::dist::DataParallel::new(g, n_tasks as u64)?),
+        None => None,
+    };
+    let (lo, hi) = dp.as_ref().map_or((0, n_tasks), |d| {
+        let (lo, hi) = d.share();
+        (lo as usize, hi as usize)
+    });
+    if let (Some(dp), Some(l)) = (&dp, learner.as_mut()) {
+        l.set_gradient_reducer(Some(dp.reducer()))?;
+    }
+    let mut traffic_before = perennial::dist::Traffic::default();
     let mut times = Vec::with_capacity(iters);
     let mut data_times = Vec::with_capacity(iters);
-    let window = Instant::now();
+    let mut window = Instant::now();
     for i in 0..(b.warmup + iters) {
+        if i == b.warmup {
+            if let Some(dp) = &dp {
+                // Every rank starts the timed steps together.
+                dp.barrier()?;
+                traffic_before = dp.traffic();
+                window = Instant::now();
+            }
+        }
         let t0 = Instant::now();
-        let tasks: Vec<Task> = (0..b.tasks)
+        let tasks: Vec<Task> = (lo..hi)
             .map(|j| {
-                let index = (i * b.tasks + j) as u64;
+                let index = (i * n_tasks + j) as u64;
                 match &episodes {
                     Some(s) => Task::from_episode(&s.sample(index), device),
                     None => Task::from_sinusoid(&sines.sample(index), device),
@@ -458,6 +509,12 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
             // Sampling, forward, backward, the Adam step and reading the loss, as timed by the peer.
             let r = l.meta_step(&tasks);
             std::hint::black_box(r.loss);
+            if let Some(e) = dp
+                .as_ref()
+                .and_then(perennial::dist::DataParallel::take_failure)
+            {
+                return Err(e.into());
+            }
         }
         let t = t0.elapsed().as_secs_f64();
         if i >= b.warmup {
@@ -471,6 +528,23 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
     let med = median(&mut times);
     let data_med = median(&mut data_times);
     let trains = b.work != Work::Data;
+    let mut parallel = json!(null);
+    if let Some(dp) = &dp {
+        let t = dp.traffic();
+        let calls = (t.calls - traffic_before.calls).max(1) as f64;
+        let per_step_s = (t.seconds - traffic_before.seconds) / calls;
+        parallel = json!({
+            "ranks": dp.world_size(),
+            "tasks_per_rank": hi - lo,
+            "allreduce_ms_per_step": per_step_s * 1e3,
+            "allreduce_bytes_per_step": (t.bytes - traffic_before.bytes) as f64 / calls,
+            "allreduce_share": per_step_s / mean,
+        });
+        dp.barrier()?;
+        if !dp.is_root() {
+            return Ok(());
+        }
+    }
     println!(
         "{}",
         json!({
@@ -488,8 +562,9 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
             "data_share": if trains { json!(data_med / med) } else { json!(null) },
             "threads": tch::get_num_threads(),
             "timed_window_s": timed_window_s,
-            "config": { "ways": b.spec.ways, "shots": b.spec.shots, "queries": b.spec.queries, "tasks": b.tasks },
+            "config": { "ways": b.spec.ways, "shots": b.spec.shots, "queries": b.spec.queries, "tasks": n_tasks },
             "learner": learner.as_ref().map(|l| l.name()),
+            "data_parallel": parallel,
         })
     );
     Ok(())
