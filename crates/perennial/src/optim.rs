@@ -80,6 +80,24 @@ pub trait GradReduce: Send + Sync {
     fn reduce(&self, params: &[&Tensor], grads: &mut [Option<Tensor>]) -> bool;
 }
 
+/// Scales `grads` so that their global (L2) norm is at most `max` (computed in f64; the
+/// usual `max / (norm + 1e-6)` factor).
+pub fn clip_global_norm(grads: &mut [Option<Tensor>], max: f64) {
+    tch::no_grad(|| {
+        let total: f64 = grads
+            .iter()
+            .flatten()
+            .map(|g| g.square().sum(tch::Kind::Double).double_value(&[]))
+            .sum::<f64>()
+            .sqrt();
+        if total > max {
+            for g in grads.iter_mut().flatten() {
+                let _ = g.g_mul_scalar_(max / (total + 1e-6));
+            }
+        }
+    });
+}
+
 /// Adam's state for one parameter set.
 pub struct Adam {
     /// The hyperparameters.
@@ -142,18 +160,27 @@ impl Adam {
     /// One update from the gradients accumulated in `params`; clears them. Tensors
     /// without a gradient are left alone.
     pub fn step(&mut self, params: &ParamSet) {
+        self.step_clipped(params, None);
+    }
+
+    /// [`Adam::step`], the gradients' global norm first clipped to `max_norm` (when
+    /// given): after the data-parallel hand-off, so that it is the meta-batch's gradient
+    /// that is clipped, as in a single process.
+    pub fn step_clipped(&mut self, params: &ParamSet, max_norm: Option<f64>) {
         let grads: Vec<Tensor> = params.tensors().iter().map(|p| p.grad()).collect();
-        match self.reducer.clone() {
-            None => self.apply(params, grads.iter().map(|g| g.defined().then_some(g))),
-            Some(r) => {
-                let mut g: Vec<Option<Tensor>> = grads
-                    .iter()
-                    .map(|g| g.defined().then(|| g.shallow_clone()))
-                    .collect();
-                if r.reduce(&params.tensors(), &mut g) {
-                    self.apply(params, g.iter().map(Option::as_ref));
-                }
+        let mut g: Vec<Option<Tensor>> = grads
+            .iter()
+            .map(|g| g.defined().then(|| g.shallow_clone()))
+            .collect();
+        let reduced = match self.reducer.clone() {
+            None => true,
+            Some(r) => r.reduce(&params.tensors(), &mut g),
+        };
+        if reduced {
+            if let Some(max) = max_norm {
+                clip_global_norm(&mut g, max);
             }
+            self.apply(params, g.iter().map(Option::as_ref));
         }
         tch::no_grad(|| {
             for mut g in grads.into_iter().filter(Tensor::defined) {
@@ -256,6 +283,57 @@ mod tests {
         let g = ps.get("w").grad();
         assert_eq!(g.abs().sum(Kind::Float).double_value(&[]), 0.0);
         let _ = Device::Cpu;
+    }
+
+    /// Stands for the sum over ten ranks of the same gradient.
+    struct TenRanks;
+    impl GradReduce for TenRanks {
+        fn reduce(&self, _params: &[&Tensor], grads: &mut [Option<Tensor>]) -> bool {
+            for g in grads.iter_mut().flatten() {
+                *g = &*g * 10.0;
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn the_hand_off_comes_before_clipping_and_the_update() {
+        let mut ps = ParamSet::new();
+        ps.push(
+            "w",
+            Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true),
+        );
+        ps.push(
+            "unused",
+            Tensor::from_slice(&[5.0f32]).set_requires_grad(true),
+        );
+        let mut adam = Adam::new(AdamConfig::default(), &ps);
+        adam.set_reducer(Some(Arc::new(TenRanks)));
+        let loss = (ps.get("w") * Tensor::from_slice(&[3.0f32, -0.5])).sum(Kind::Float);
+        loss.backward();
+        adam.step_clipped(&ps, Some(1.0));
+        // The first moment is (1 - beta1) times the applied gradient: the reduced one
+        // (10 g = [30, -5]), clipped to norm 1 afterwards.
+        let m: Vec<f32> = adam
+            .state("")
+            .into_iter()
+            .find(|(n, _)| n == "m.w")
+            .unwrap()
+            .1
+            .try_into()
+            .unwrap();
+        let norm = (30.0f64 * 30.0 + 5.0 * 5.0).sqrt();
+        let want = [0.1 * 30.0 / norm, -0.1 * 5.0 / norm];
+        assert!(
+            (f64::from(m[0]) - want[0]).abs() < 1e-6 && (f64::from(m[1]) - want[1]).abs() < 1e-6,
+            "{m:?} vs {want:?}"
+        );
+        // A tensor without a gradient is not stepped.
+        assert_eq!(ps.get("unused").double_value(&[0]), 5.0);
+        assert_eq!(
+            ps.get("w").grad().abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
     }
 
     #[test]

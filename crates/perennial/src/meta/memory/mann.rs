@@ -673,10 +673,8 @@ impl MetaLearner for Mann {
             accuracy: Some(accuracy),
         };
         loss.backward();
-        if self.config.clip_norm > 0.0 {
-            clip_grad_norm(&self.params, self.config.clip_norm);
-        }
-        self.adam.step(&self.params);
+        let clip = Some(self.config.clip_norm).filter(|&c| c > 0.0);
+        self.adam.step_clipped(&self.params, clip);
         report
     }
 
@@ -708,29 +706,6 @@ impl MetaLearner for Mann {
             adam: Some(&mut self.adam),
         }
     }
-}
-
-/// Scales the gradients accumulated in `params` so that their global norm is at most
-/// `max`.
-pub(crate) fn clip_grad_norm(params: &ParamSet, max: f64) {
-    tch::no_grad(|| {
-        let grads: Vec<Tensor> = params
-            .tensors()
-            .iter()
-            .map(|p| p.grad())
-            .filter(Tensor::defined)
-            .collect();
-        let total: f64 = grads
-            .iter()
-            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
-            .sum::<f64>()
-            .sqrt();
-        if total > max {
-            for mut g in grads {
-                let _ = g.g_mul_scalar_(max / (total + 1e-6));
-            }
-        }
-    });
 }
 
 #[cfg(test)]
