@@ -13,6 +13,8 @@ fn main() {
     println!("cargo:rerun-if-changed=src/shim.cpp");
     println!("cargo:rerun-if-env-changed=PERENNIAL_DIST");
     println!("cargo:rerun-if-env-changed=GLOO_INCLUDE");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     if std::env::var("PERENNIAL_DIST").is_ok_and(|v| v == "off" || v == "0") {
         return;
     }
@@ -33,6 +35,12 @@ fn main() {
         );
         return;
     }
+    if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        // torch-sys then reads the C++ ABI from the Python install; we cannot know it
+        // here, and a mismatch would not link.
+        println!("cargo:warning=perennial-dist: LIBTORCH_USE_PYTORCH is set (ABI unknown here); built without a distributed backend");
+        return;
+    }
     if !gloo_config.exists() {
         println!(
             "cargo:warning=perennial-dist: Gloo's headers are missing ({}; run scripts/install-gloo.sh); built without a distributed backend",
@@ -44,6 +52,8 @@ fn main() {
 }
 
 fn build(lib: &Path, include: &Path, gloo: &Path) {
+    // The C++ ABI torch-sys compiles with (its default: the new ABI, as libtorch 2.x).
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)
         .pic(true)
@@ -53,7 +63,7 @@ fn build(lib: &Path, include: &Path, gloo: &Path) {
         .include(include.join("torch/csrc/api/include"))
         .include(gloo)
         .define("USE_C10D_GLOO", None)
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
         .file("src/shim.cpp")
         .compile("perennial_dist_shim");
     println!("cargo:rustc-link-search=native={}", lib.display());

@@ -2141,6 +2141,10 @@ fn launch_trains_data_parallel_as_one_process_and_resumes() {
         "the resumed data-parallel run diverged"
     );
 
+    // Only training runs as ranks.
+    let out = run(bin().args(["launch", "--nproc", "2", "--", "eval"]).arg(&two));
+    assert_fails(&out, &["only `train` runs data-parallel"]);
+
     let out = run(&mut launch(train_args(&dir.path().join("mb1"), "1")));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

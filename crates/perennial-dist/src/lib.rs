@@ -84,8 +84,9 @@ pub struct Env {
 
 impl Env {
     /// The distributed environment of this process: `None` when `WORLD_SIZE` is not
-    /// set (a plain, single-process run); an error when it is set but the rest is
-    /// missing or malformed.
+    /// set or is 1 (a plain, single-process run); an error when it is larger but the
+    /// rest is missing or malformed. `GLOO_SOCKET_IFNAME` may list interfaces with
+    /// commas, as PyTorch takes it; the first is used.
     pub fn from_env() -> Result<Option<Env>> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -107,6 +108,10 @@ impl Env {
                 var: "WORLD_SIZE",
                 reason: "must be at least 1".into(),
             });
+        }
+        if world_size == 1 {
+            // A world of one is a plain run, whatever else the environment says.
+            return Ok(None);
         }
         let required = |var: &'static str| {
             get(var).ok_or(Error::Env {
@@ -148,7 +153,9 @@ impl Env {
             local_rank,
             master_addr: master_addr.trim().to_string(),
             master_port,
-            socket_ifname: get("GLOO_SOCKET_IFNAME").filter(|s| !s.is_empty()),
+            socket_ifname: get("GLOO_SOCKET_IFNAME")
+                .and_then(|s| s.split(',').next().map(|f| f.trim().to_string()))
+                .filter(|s| !s.is_empty()),
         }))
     }
 

@@ -12,12 +12,15 @@ fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> 
 #[test]
 fn the_environment_is_read_like_torchrun_sets_it() {
     assert_eq!(Env::from_vars(vars(&[])).unwrap(), None);
+    // A world of one is a plain run, even without the rest.
+    assert_eq!(Env::from_vars(vars(&[("WORLD_SIZE", "1")])).unwrap(), None);
     let env = Env::from_vars(vars(&[
         ("WORLD_SIZE", "4"),
         ("RANK", "3"),
         ("LOCAL_RANK", "1"),
         ("MASTER_ADDR", "node0"),
         ("MASTER_PORT", "29500"),
+        ("GLOO_SOCKET_IFNAME", "eth1,eth0"),
     ]))
     .unwrap()
     .unwrap();
@@ -29,7 +32,7 @@ fn the_environment_is_read_like_torchrun_sets_it() {
             local_rank: 1,
             master_addr: "node0".into(),
             master_port: 29500,
-            socket_ifname: None,
+            socket_ifname: Some("eth1".into()),
         }
     );
     assert!(!env.is_loopback());
@@ -47,6 +50,7 @@ fn the_environment_is_read_like_torchrun_sets_it() {
         ("WORLD_SIZE", "0"),
         ("WORLD_SIZE", "two"),
         ("RANK", "2"),
+        ("RANK", "x"),
         ("RANK", "-1"),
         ("MASTER_PORT", "0"),
         ("MASTER_PORT", "70000"),

@@ -67,13 +67,19 @@ pub fn join() -> Result<Option<ProcessGroup>> {
     if env.world_size == 1 {
         return Ok(None);
     }
-    let timeout =
-        match std::env::var("PERENNIAL_DIST_TIMEOUT_S") {
-            Ok(v) => Duration::from_secs(v.trim().parse().map_err(|_| {
-                Error::config("PERENNIAL_DIST_TIMEOUT_S", &v, "must be whole seconds")
-            })?),
-            Err(_) => DEFAULT_TIMEOUT,
-        };
+    let timeout = match std::env::var("PERENNIAL_DIST_TIMEOUT_S") {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(s) if (1..=7 * 24 * 3600).contains(&s) => Duration::from_secs(s),
+            _ => {
+                return Err(Error::config(
+                    "PERENNIAL_DIST_TIMEOUT_S",
+                    &v,
+                    "must be whole seconds from 1 to 604800 (a week)",
+                ))
+            }
+        },
+        Err(_) => DEFAULT_TIMEOUT,
+    };
     Ok(Some(ProcessGroup::init(&env, timeout)?))
 }
 
@@ -93,10 +99,10 @@ pub fn broadcast_bytes(group: &ProcessGroup, bytes: &[u8]) -> Result<Vec<u8>> {
 }
 
 impl DataParallel {
-    fn check_meta_batch(meta_batch: u64, world_size: usize) -> Result<()> {
+    fn check_meta_batch(meta_batch: u64, world_size: usize, flag: &str) -> Result<()> {
         if meta_batch < world_size as u64 {
             return Err(Error::config(
-                "--meta-batch",
+                flag,
                 meta_batch,
                 format!(
                     "data-parallel training over {world_size} ranks needs at least one task \
@@ -109,8 +115,14 @@ impl DataParallel {
 
     /// A rank of `group`, for a run of `meta_batch` tasks per update.
     pub fn new(group: ProcessGroup, meta_batch: u64) -> Result<Self> {
+        Self::with_flag(group, meta_batch, "--meta-batch")
+    }
+
+    /// [`DataParallel::new`], naming `flag` (the setting of the meta-batch's size) when
+    /// the meta-batch is too small to share.
+    pub fn with_flag(group: ProcessGroup, meta_batch: u64, flag: &str) -> Result<Self> {
         let (r, w) = (group.rank() as u64, group.world_size() as u64);
-        Self::check_meta_batch(meta_batch, group.world_size())?;
+        Self::check_meta_batch(meta_batch, group.world_size(), flag)?;
         Ok(DataParallel {
             share: (r * meta_batch / w, (r + 1) * meta_batch / w),
             group: Arc::new(group),
@@ -133,6 +145,11 @@ impl DataParallel {
     /// Whether this is rank 0, the one that reads and writes the run directory.
     pub fn is_root(&self) -> bool {
         self.rank() == 0
+    }
+
+    /// The tasks of every update, over all ranks.
+    pub fn meta_batch(&self) -> u64 {
+        self.meta_batch
     }
 
     /// This rank's tasks within every meta-batch: `lo..hi` of `0..meta_batch`.
@@ -194,19 +211,22 @@ impl DataParallel {
     }
 
     /// Replaces the learner's floating-point buffers (batch-norm running statistics)
-    /// by their mean over the ranks.
+    /// by their mean over the ranks, weighted by the ranks' shares, and its other
+    /// buffers (counters) by rank 0's, so that every rank holds the same.
     pub fn average_buffers(&self, learner: &mut dyn MetaLearner) -> Result<()> {
         let Some(buffers) = learner.parts_mut().buffers else {
             return Ok(());
         };
-        let n = self.world_size() as f64;
+        let w = self.weight();
         for t in buffers.tensors() {
-            if !t.is_floating_point() {
-                continue;
-            }
             let mut c = t.detach().contiguous();
-            self.group.all_reduce_sum(&mut c)?;
-            tch::no_grad(|| t.shallow_clone().copy_(&(c / n)));
+            if t.is_floating_point() {
+                c *= w;
+                self.group.all_reduce_sum(&mut c)?;
+            } else {
+                self.group.broadcast(&mut c, 0)?;
+            }
+            tch::no_grad(|| t.shallow_clone().copy_(&c));
         }
         Ok(())
     }

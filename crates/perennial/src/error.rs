@@ -33,7 +33,7 @@ pub enum Error {
         reason: String,
     },
     /// Data-parallel training: joining the group of processes or a collective failed.
-    #[error("distributed: {0}")]
+    #[error(transparent)]
     Distributed(#[from] perennial_dist::Error),
     /// Loaded parameters do not fit the model.
     #[error("parameter {name}: {reason}")]

@@ -9,11 +9,15 @@
 //!   [`meta::optimization::reptile::Reptile`].
 //! * [`continual`]: lifelong-learning metrics (ACC, BWT, FWT, forgetting) and the
 //!   reservoir buffer of experience replay.
-//! * [`optim`]: Adam with a step schedule whose state is checkpointable.
+//! * [`optim`]: Adam with a step schedule whose state is checkpointable, and the
+//!   meta-gradient hand-off ([`optim::GradReduce`]) data-parallel training plugs into.
+//! * [`dist`]: data-parallel meta-training over a group of processes (c10d's Gloo,
+//!   through `perennial-dist`).
 //! * [`plot`]: dependency-free SVG line plots for reports.
 //! * [`eval`]: few-shot evaluation (mean accuracy and 95% confidence interval).
 //! * [`checkpoint`]: run directories, safetensors checkpoints, resume.
-//! * [`train`]: the episodic training loop with validation and best-checkpoint keeping.
+//! * [`train`]: the episodic training loop with validation and best-checkpoint keeping,
+//!   in one process or as one rank of a data-parallel run.
 
 pub mod checkpoint;
 pub mod dist;

@@ -97,6 +97,16 @@ pub fn train_data_parallel(
     observer: &mut dyn Observer,
     dp: &DataParallel,
 ) -> Result<RunState> {
+    if dp.meta_batch() != schedule.meta_batch {
+        return Err(crate::error::Error::config(
+            "meta-batch",
+            schedule.meta_batch,
+            format!(
+                "the data-parallel group was set up for meta-batches of {}",
+                dp.meta_batch()
+            ),
+        ));
+    }
     if dp.is_root() != run.is_some() {
         return Err(crate::error::Error::config(
             "run directory",

@@ -287,6 +287,18 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.ranks == 0 {
         bail!("invalid --ranks = 0: must be at least 1");
     }
+    if a.ranks > 1 {
+        if let Some(b) = selected
+            .iter()
+            .find(|b| matches!(b.work, Work::Store | Work::Data))
+        {
+            bail!(
+                "--ranks {}: {} has no meta-step to share (give --bench a training benchmark)",
+                a.ranks,
+                b.name
+            );
+        }
+    }
     let exe = std::env::current_exe()?;
     for b in selected {
         let mut child_args: Vec<String> = ["bench", &a.family, "--child", "--bench", b.name]
@@ -305,7 +317,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         let threads = std::env::var("PERENNIAL_BENCH_THREADS").ok();
         if a.ranks > 1 {
             // Rank 0 prints the line; the ranks inherit this process's stdout.
-            super::launch::launch(
+            super::launch::spawn_ranks(
                 crate::cli::LaunchArgs {
                     nproc: a.ranks,
                     master_addr: "127.0.0.1".into(),
@@ -385,6 +397,9 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
         return store(a);
     }
     let iters = a.iters.unwrap_or(b.iters);
+    if iters == 0 {
+        bail!("invalid --iters = 0: must be at least 1");
+    }
     let device = Device::Cpu;
     // The peer's setup: the Vinyals train split, 1028 characters x 4 rotations. Not timed.
     let episodes = if b.work == Work::Sine {
@@ -471,7 +486,11 @@ fn run_one(b: &Bench, a: &BenchArgs) -> Result<()> {
     }
     // Under `--ranks`: this rank's share of every meta-step's tasks, and the hand-off.
     let dp = match perennial::dist::join()? {
-        Some(g) => Some(perennial::dist::DataParallel::new(g, n_tasks as u64)?),
+        Some(g) => Some(perennial::dist::DataParallel::with_flag(
+            g,
+            n_tasks as u64,
+            "--tasks",
+        )?),
         None => None,
     };
     let (lo, hi) = dp.as_ref().map_or((0, n_tasks), |d| {

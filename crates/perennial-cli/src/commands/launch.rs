@@ -12,11 +12,28 @@ use crate::cli::LaunchArgs;
 /// stopped and the launch fails with its status; `threads` (the launcher's own
 /// `--threads`) is passed on to every rank.
 pub fn launch(a: LaunchArgs, threads: Option<usize>, quiet: bool) -> Result<()> {
+    // The command's first word after any global flags: only training runs as ranks
+    // (N copies of anything else would do the same work N times, uncoordinated).
+    let subcommand = a
+        .command
+        .iter()
+        .enumerate()
+        .find(|(i, w)| !w.starts_with('-') && (*i == 0 || a.command[i - 1] != "--threads"))
+        .map(|(_, w)| w.as_str());
+    if subcommand != Some("train") {
+        bail!(
+            "launch -- {}: only `train` runs data-parallel (launch --nproc N -- train ...)",
+            a.command.join(" ")
+        );
+    }
+    spawn_ranks(a, threads, quiet)
+}
+
+/// Starts and waits for the ranks of [`launch`] (and of `bench --ranks`), whatever
+/// their command.
+pub fn spawn_ranks(a: LaunchArgs, threads: Option<usize>, quiet: bool) -> Result<()> {
     if a.nproc == 0 {
         bail!("invalid --nproc = 0: must be at least 1");
-    }
-    if a.command.first().is_some_and(|c| c == "launch") {
-        bail!("launch -- launch ...: a rank cannot launch ranks");
     }
     let port = match a.master_port {
         Some(0) => bail!("invalid --master-port = 0"),
@@ -28,10 +45,11 @@ pub fn launch(a: LaunchArgs, threads: Option<usize>, quiet: bool) -> Result<()> 
     };
     let exe = std::env::current_exe().context("locating this program")?;
     let mut prefix: Vec<String> = Vec::new();
-    if let Some(t) = threads {
+    let has = |flags: &[&str]| a.command.iter().any(|w| flags.contains(&w.as_str()));
+    if let (Some(t), false) = (threads, has(&["--threads"])) {
         prefix.extend(["--threads".into(), t.to_string()]);
     }
-    if quiet {
+    if quiet && !has(&["--quiet", "-q"]) {
         prefix.push("--quiet".into());
     }
     tracing::info!(
@@ -67,10 +85,14 @@ pub fn launch(a: LaunchArgs, threads: Option<usize>, quiet: bool) -> Result<()> 
             if done[rank].is_some() {
                 continue;
             }
-            if let Some(status) = c
-                .try_wait()
-                .with_context(|| format!("waiting for rank {rank}"))?
-            {
+            let status = match c.try_wait() {
+                Ok(s) => s,
+                Err(e) => {
+                    stop(&mut children);
+                    return Err(e).with_context(|| format!("waiting for rank {rank}"));
+                }
+            };
+            if let Some(status) = status {
                 done[rank] = Some(status);
                 if !status.success() {
                     stop(&mut children);

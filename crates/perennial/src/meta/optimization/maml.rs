@@ -389,8 +389,9 @@ impl Maml {
     /// the tasks are split over as many worker threads as libtorch has intra-op threads,
     /// each running its share one task at a time with a single intra-op thread (small
     /// convolutions use two cores better this way than by splitting each kernel). Each
-    /// worker keeps one task's graph alive at a time. The result is deterministic for a
-    /// given thread count; the summation order, and so the last bits, depend on it.
+    /// worker keeps one task's graph alive at a time, and the tasks' gradients are added
+    /// in task order (kept until then: one gradient per task), so the per-task path is
+    /// bit-identical at any thread count.
     pub fn meta_gradient(&self, tasks: &[Task]) -> (Vec<Tensor>, StepReport) {
         let (grads, report) = self.raw_meta_gradient(tasks);
         // Channels-last convolutions give gradients in that layout; hand out the
@@ -698,8 +699,6 @@ impl Inner<'_> {
         (weighted.expect("at least one term"), loss, out)
     }
 
-    /// Gradient of `Σ_tasks loss / n` with respect to every parameter, one task's graph
-    /// at a time.
     /// Each task's share of the meta-gradient (its gradient, loss and accuracy divided
     /// by `n`), in the tasks' order.
     fn task_partials<'t>(&self, tasks: impl Iterator<Item = &'t Task>, n: f64) -> Vec<Partial> {
