@@ -2142,7 +2142,9 @@ fn launch_trains_data_parallel_as_one_process_and_resumes() {
     );
 
     // Only training runs as ranks.
-    let out = run(bin().args(["launch", "--nproc", "2", "--", "eval"]).arg(&two));
+    let out = run(bin()
+        .args(["launch", "--nproc", "2", "--", "eval"])
+        .arg(&two));
     assert_fails(&out, &["only `train` runs data-parallel"]);
 
     let out = run(&mut launch(train_args(&dir.path().join("mb1"), "1")));

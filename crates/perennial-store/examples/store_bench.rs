@@ -6,6 +6,7 @@
 //!     [--n 1000000] [--dim 64] [--k 10] [--queries 10000] [--recall-queries 1000]
 //!     [--seed 42] [--m 16] [--ef-construction 128] [--ef-search EF] [--target-recall 0.99]
 //!     [--batch 1000] [--threads T] [--quantization f32|f16|i8] [--dir DIR] [--dump DIR]
+//!     [--huge-pages-ab]
 //! ```
 //!
 //! `--dump DIR` only writes the data set as raw little-endian `f32` rows to
@@ -50,6 +51,10 @@ fn main() {
             })
         };
         match flag.as_str() {
+            "--huge-pages-ab" => {
+                o.huge_pages_ab = true;
+                continue;
+            }
             "--n" => o.n = num(val()),
             "--dim" => o.dim = num(val()),
             "--k" => o.k = num(val()),

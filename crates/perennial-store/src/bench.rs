@@ -145,6 +145,12 @@ pub struct BenchOptions {
     pub threads: usize,
     /// Where to put the store (a fresh temporary directory, removed afterwards, if None).
     pub dir: Option<PathBuf>,
+    /// An A/B of huge pages in one process, on one graph: the store is opened with
+    /// [`StoreConfig::huge_pages`] off, the queries are timed (under
+    /// `before_huge_pages` in the line), the memory is collapsed
+    /// ([`crate::pages::collapse_dense_anonymous`]) and they are timed again (the line's
+    /// own numbers). Off: the store's default (huge pages on at open).
+    pub huge_pages_ab: bool,
 }
 
 impl Default for BenchOptions {
@@ -165,6 +171,7 @@ impl Default for BenchOptions {
             batch: 1000,
             threads: 0,
             dir: None,
+            huge_pages_ab: false,
         }
     }
 }
@@ -240,6 +247,7 @@ fn run(
         index: IndexKind::Hnsw(o.params),
         sync: SyncPolicy::EveryWrite,
         threads,
+        huge_pages: !o.huge_pages_ab,
         ..StoreConfig::new(o.dim)
     };
     let mut store = Store::open(dir, config.clone())?;
@@ -290,6 +298,7 @@ fn run(
         "close_s": round(close_s, 3),
         "reopen_s": round(reopen_s, 3),
         "reopen_index": origin,
+        "huge_pages_mb": store.stats().huge_page_bytes.map(|b| b >> 20),
     });
 
     // Ground truth, then the smallest ef on the ladder that reaches the target recall.
@@ -328,15 +337,32 @@ fn run(
         }
     }
 
-    let mut lat = Vec::with_capacity(o.queries);
-    let t0 = Instant::now();
-    for q in queries.chunks_exact(d).take(o.queries) {
+    let time_queries = || -> Result<(Vec<f64>, f64)> {
+        let mut lat = Vec::with_capacity(o.queries);
+        let t0 = Instant::now();
+        for q in queries.chunks_exact(d).take(o.queries) {
+            let t = Instant::now();
+            let hits = store.search(q, k, None)?;
+            lat.push(t.elapsed().as_secs_f64());
+            std::hint::black_box(hits);
+        }
+        Ok((lat, t0.elapsed().as_secs_f64()))
+    };
+    let (mut lat, mut query_s) = time_queries()?;
+    let mut before = Value::Null;
+    if o.huge_pages_ab {
+        before = json!({
+            "per_sec": round(lat.len() as f64 / query_s, 1),
+            "p50_ms": percentile_ms(&mut lat, 0.5),
+            "p99_ms": percentile_ms(&mut lat, 0.99),
+        });
         let t = Instant::now();
-        let hits = store.search(q, k, None)?;
-        lat.push(t.elapsed().as_secs_f64());
-        std::hint::black_box(hits);
+        let hp = crate::pages::collapse_dense_anonymous(8 << 20);
+        before["collapse_s"] = json!(round(t.elapsed().as_secs_f64(), 3));
+        before["collapsed_mb"] = json!(hp.collapsed_bytes >> 20);
+        before["advised_mb"] = json!(hp.advised_bytes >> 20);
+        (lat, query_s) = time_queries()?;
     }
-    let query_s = t0.elapsed().as_secs_f64();
     let mut query_line = json!({
         "bench": format!("store_query_{label}_d{d}_k{k}"),
         "impl": "perennial",
@@ -356,6 +382,9 @@ fn run(
         "target_recall": o.target_recall,
     });
     query_line[format!("recall_at_{k}")] = json!(round(rec, 4));
+    if o.huge_pages_ab {
+        query_line["before_huge_pages"] = before;
+    }
     store.close()?;
     Ok((insert_line, query_line))
 }

@@ -674,3 +674,42 @@ fn bench_runs_on_small_n() {
         assert!(q[f].as_f64().is_some(), "{f}");
     }
 }
+
+#[test]
+fn huge_pages_from_the_threshold_on_and_answers_unchanged() {
+    let dim = 4;
+    let n = HUGE_PAGES_MIN_ENTRIES;
+    let data = mixture(n, dim, 7, Stream::Base);
+    let queries = mixture(20, dim, 7, Stream::Queries);
+    let cfg = |huge_pages| StoreConfig {
+        index: IndexKind::Exact,
+        sync: SyncPolicy::Manual,
+        huge_pages,
+        ..StoreConfig::new(dim)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), cfg(true)).unwrap();
+    insert_rows(&mut store, &data[..(n - 1) * dim], dim);
+    store.close().unwrap();
+    // One entry short of the threshold: nothing is collapsed at open.
+    let mut store = Store::open(dir.path(), cfg(true)).unwrap();
+    assert_eq!(store.stats().huge_page_bytes, None);
+    insert_rows(&mut store, &data[(n - 1) * dim..], dim);
+    let before: Vec<Vec<Hit>> = queries
+        .chunks_exact(dim)
+        .map(|q| store.search(q, 10, None).unwrap())
+        .collect();
+    store.close().unwrap();
+    // At the threshold it runs at open (how much it collapses is the kernel's business),
+    // and every answer is the same as before.
+    let store = Store::open(dir.path(), cfg(true)).unwrap();
+    let collapsed = store.stats().huge_page_bytes;
+    assert!(collapsed.is_some());
+    for (q, want) in queries.chunks_exact(dim).zip(&before) {
+        assert_eq!(&store.search(q, 10, None).unwrap(), want);
+    }
+    store.close().unwrap();
+    // Switched off, it never runs.
+    let store = Store::open(dir.path(), cfg(false)).unwrap();
+    assert_eq!(store.stats().huge_page_bytes, None);
+}
