@@ -10,12 +10,12 @@
 //! chunks that are almost wholly resident (so that backing them with huge pages costs
 //! next to no memory) and calls `madvise(MADV_HUGEPAGE)` (the range may keep huge pages)
 //! and `madvise(MADV_COLLAPSE)` (Linux 6.1: its pages are copied into huge pages now,
-//! synchronously) on each run of them. An earlier version took only mappings that were
-//! 90% resident as a whole; USearch's arenas are half-filled (they double), so it
-//! missed most of the graph and gained nothing.
+//! synchronously) on each run of them. (By chunk, not by mapping: USearch's arenas double
+//! and are about half filled, so whole mappings are rarely dense.)
 //!
-//! Everything here is best effort: on another OS, an older kernel, or with THP set to
-//! `never`, it does nothing and says so in its [`HugePages`] answer.
+//! Everything here is best effort: on another OS, a kernel with pages other than 4 KiB,
+//! an older kernel, or with THP set to `never`, it does nothing and says so in its
+//! [`HugePages`] answer.
 
 /// What [`collapse_dense_anonymous`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,7 +40,7 @@ const MADV_COLLAPSE: libc::c_int = 25;
 /// such a mapping of which at least 90% of the 4 KiB pages are resident (`mincore`), so
 /// that backing it with a huge page costs at most 10% more memory. Returns what it did;
 /// never fails (a range the kernel refuses is skipped).
-#[allow(unsafe_code)] // mincore and madvise; see the SAFETY comments
+#[allow(unsafe_code)] // sysconf, mincore and madvise; see the SAFETY comments
 pub fn collapse_dense_anonymous(min_bytes: usize) -> HugePages {
     #[cfg(target_os = "linux")]
     {
@@ -48,6 +48,10 @@ pub fn collapse_dense_anonymous(min_bytes: usize) -> HugePages {
             return HugePages::default();
         };
         const PAGE: usize = 4096;
+        // SAFETY: sysconf only reads a system constant.
+        if unsafe { libc::sysconf(libc::_SC_PAGESIZE) } != PAGE as libc::c_long {
+            return HugePages::default();
+        }
         let mut out = HugePages::default();
         let mut resident = Vec::new();
         for (start, end) in anonymous(&maps, min_bytes.max(HUGE)) {
@@ -110,6 +114,7 @@ pub fn collapse_dense_anonymous(min_bytes: usize) -> HugePages {
 
 /// The `[start, end)` address ranges of the private writable anonymous mappings of at
 /// least `min_bytes` in `/proc/self/maps` text.
+#[cfg(any(target_os = "linux", test))]
 fn anonymous(maps: &str, min_bytes: usize) -> Vec<(usize, usize)> {
     maps.lines()
         .filter_map(|line| {
