@@ -349,18 +349,19 @@ fn run(
         Ok((lat, t0.elapsed().as_secs_f64()))
     };
     let (mut lat, mut query_s) = time_queries()?;
-    let mut before = Value::Null;
+    let mut before = None;
     if o.huge_pages_ab {
-        before = json!({
+        let mut b = json!({
             "per_sec": round(lat.len() as f64 / query_s, 1),
             "p50_ms": percentile_ms(&mut lat, 0.5),
             "p99_ms": percentile_ms(&mut lat, 0.99),
         });
         let t = Instant::now();
-        let hp = crate::pages::collapse_dense_anonymous(8 << 20);
-        before["collapse_s"] = json!(round(t.elapsed().as_secs_f64(), 3));
-        before["collapsed_mb"] = json!(hp.collapsed_bytes >> 20);
-        before["advised_mb"] = json!(hp.advised_bytes >> 20);
+        let hp = crate::pages::collapse_dense_anonymous(crate::pages::MIN_MAPPING_BYTES);
+        b["collapse_s"] = json!(round(t.elapsed().as_secs_f64(), 3));
+        b["collapsed_mb"] = json!(hp.collapsed_bytes >> 20);
+        b["advised_mb"] = json!(hp.advised_bytes >> 20);
+        before = Some(b);
         (lat, query_s) = time_queries()?;
     }
     let mut query_line = json!({
@@ -382,8 +383,8 @@ fn run(
         "target_recall": o.target_recall,
     });
     query_line[format!("recall_at_{k}")] = json!(round(rec, 4));
-    if o.huge_pages_ab {
-        query_line["before_huge_pages"] = before;
+    if let Some(b) = before {
+        query_line["before_huge_pages"] = b;
     }
     store.close()?;
     Ok((insert_line, query_line))

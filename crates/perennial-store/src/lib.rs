@@ -300,8 +300,8 @@ pub struct Store {
     torn_bytes_dropped: u64,
     poisoned: Option<String>,
     unsynced: bool,
-    /// What the last huge-page collapse did, if one ran.
-    huge_pages: Option<pages::HugePages>,
+    /// Bytes the last huge-page collapse put into huge pages, if one ran.
+    huge_page_bytes: Option<usize>,
     _lock: File,
 }
 
@@ -522,7 +522,7 @@ impl Store {
             torn_bytes_dropped,
             poisoned: None,
             unsynced: false,
-            huge_pages: None,
+            huge_page_bytes: None,
             _lock: lock,
         };
         if let IndexKind::Hnsw(p) = store.config.index {
@@ -645,7 +645,7 @@ impl Store {
             index_entries: self.index.as_ref().map(Hnsw::len),
             index_origin: self.index_origin,
             torn_bytes_dropped: self.torn_bytes_dropped,
-            huge_page_bytes: self.huge_pages.map(|h| h.collapsed_bytes),
+            huge_page_bytes: self.huge_page_bytes,
         }
     }
 
@@ -1014,14 +1014,14 @@ impl Store {
             return;
         }
         let t = std::time::Instant::now();
-        let r = pages::collapse_dense_anonymous(8 << 20);
+        let r = pages::collapse_dense_anonymous(pages::MIN_MAPPING_BYTES);
         tracing::debug!(
             "huge pages: {} MiB of {} MiB collapsed in {:.2} s",
             r.collapsed_bytes >> 20,
             r.advised_bytes >> 20,
             t.elapsed().as_secs_f64()
         );
-        self.huge_pages = Some(r);
+        self.huge_page_bytes = Some(r.collapsed_bytes);
     }
 
     fn save_index(&mut self) {

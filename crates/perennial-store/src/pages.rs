@@ -28,6 +28,10 @@ pub struct HugePages {
     pub collapsed_bytes: usize,
 }
 
+/// The smallest mapping [`collapse_dense_anonymous`] is asked to look at by the store
+/// and its benchmark (USearch's arenas start at 8 MiB).
+pub const MIN_MAPPING_BYTES: usize = 8 << 20;
+
 /// Size of a transparent huge page on x86-64 and most arm64 kernels.
 #[cfg(target_os = "linux")]
 const HUGE: usize = 2 << 20;
@@ -76,17 +80,13 @@ pub fn collapse_dense_anonymous(min_bytes: usize) -> HugePages {
                 .chunks(HUGE / PAGE)
                 .map(|c| c.iter().filter(|&&b| b & 1 == 1).count() * 10 >= c.len() * 9)
                 .collect();
-            let mut c = 0;
-            while c < dense.len() {
-                if !dense[c] {
-                    c += 1;
+            let mut at = lo;
+            for run in dense.chunk_by(|x, y| x == y) {
+                let (a, len) = (at, run.len() * HUGE);
+                at += len;
+                if !run[0] {
                     continue;
                 }
-                let first = c;
-                while c < dense.len() && dense[c] {
-                    c += 1;
-                }
-                let (a, len) = (lo + first * HUGE, (c - first) * HUGE);
                 out.regions += 1;
                 out.advised_bytes += len;
                 // SAFETY: as above, [a, a + len) is inside the mapping. Neither advice
