@@ -411,6 +411,15 @@ pub struct TrainArgs {
     /// Append a training-metrics line every this many updates.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
+    /// Rotate every training image by a random angle of up to this many degrees either
+    /// way (0 = none; Santoro et al.'s augmentation, 30 in the reproductions of their
+    /// MANN). Validation and test images are never jittered.
+    #[arg(long, default_value_t = 0.0)]
+    pub augment_rotate: f64,
+    /// Shift every training image by a random vector of up to this many pixels (of the
+    /// stored 28 x 28 image) along each axis (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    pub augment_shift: f64,
     /// Continue the run in --out where it stopped.
     #[arg(long)]
     pub resume: bool,

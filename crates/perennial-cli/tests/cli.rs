@@ -647,6 +647,12 @@ fn bad_input_gets_one_clear_line_and_exit_2() {
         .arg("--out")
         .arg(&out));
     assert_fails(&o, &["images_background", "perennial download omniglot"]);
+    // ... and leaves no run directory behind, so the same command works once the data
+    // is there (it used to leave one that only --resume would open).
+    assert!(
+        !out.exists(),
+        "a run that could not load its data was created"
+    );
     // Bad flag values.
     let o = run(bin()
         .args(["train", "protonet", "--splits", "bogus", "--out"])
@@ -1961,7 +1967,15 @@ fn memory_runs_resume_exactly_and_bad_flags_are_refused() {
         if label.starts_with("kv") {
             metric_train_cmd(&data, &out, "kv-memory", &kv_flags, 40)
         } else {
-            mann_train_cmd(&data, &out, &[], 40, 4)
+            // Jittered training images (Santoro et al.'s augmentation) resume exactly
+            // too: the jitter is a pure function of the episode index.
+            mann_train_cmd(
+                &data,
+                &out,
+                &["--augment-rotate", "30", "--augment-shift", "2.67"],
+                40,
+                4,
+            )
         }
     };
     for (label, algorithm) in [("kv", "kv-memory"), ("mann", "mann")] {
@@ -2028,6 +2042,18 @@ fn memory_runs_resume_exactly_and_bad_flags_are_refused() {
     refused("mann", &["--gamma", "1.5"], &["--gamma"]);
     refused("mann", &["--clip-norm=-1"], &["--clip-norm"]);
     refused("mann", &["--dataset", "sinusoid"], &["sinusoid"]);
+    refused(
+        "mann",
+        &["--augment-rotate", "200"],
+        &["--augment-rotate", "180"],
+    );
+    refused("mann", &["--augment-shift", "28"], &["--augment-shift"]);
+    refused("mann", &["--augment-shift=-1"], &["--augment-shift"]);
+    let config = std::fs::read_to_string(dir.path().join("mann-straight/config.toml")).unwrap();
+    assert!(
+        config.contains("[augment]") && config.contains("max_degrees = 30"),
+        "{config}"
+    );
 }
 
 /// The largest difference between two runs' checkpointed meta-parameters (`params.*`),

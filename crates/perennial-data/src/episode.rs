@@ -7,8 +7,8 @@ use std::thread::JoinHandle;
 
 use crate::dataset::ClassSet;
 use crate::error::{Error, Result};
-use crate::imageops::rot90_into;
-use crate::rng::Rng;
+use crate::imageops::{affine_into, rot90_into};
+use crate::rng::{streams, Rng};
 
 /// The shape of an episode: `ways` classes, `shots` support and `queries` query
 /// examples per class.
@@ -74,6 +74,49 @@ impl EpisodeSpec {
     }
 }
 
+/// Random rotation and translation of every image of an episode (Santoro et al. 2016's
+/// "randomly translating and rotating character images"): each image is turned by an
+/// angle drawn uniformly from `±max_degrees` and shifted by a vector whose two
+/// components are drawn uniformly from `±max_shift` pixels, in one bilinear resampling
+/// (zeros, i.e. no ink, where the source is left). The draws come from their own
+/// generator stream, so an episode's classes and examples are the same with and
+/// without it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Jitter {
+    /// The largest rotation, in degrees either way.
+    pub max_degrees: f64,
+    /// The largest shift along each axis, in pixels either way.
+    pub max_shift: f64,
+}
+
+impl Jitter {
+    /// Refuses negative or non-finite bounds and bounds that turn an image into
+    /// something else (more than 180 degrees, a shift of the whole image).
+    pub fn validate(&self, height: usize, width: usize) -> Result<()> {
+        if !self.max_degrees.is_finite() || !(0.0..=180.0).contains(&self.max_degrees) {
+            return Err(Error::invalid(
+                "--augment-rotate",
+                self.max_degrees,
+                "a rotation bound in degrees, from 0 to 180",
+            ));
+        }
+        let side = height.min(width) as f64;
+        if !self.max_shift.is_finite() || self.max_shift < 0.0 || self.max_shift >= side {
+            return Err(Error::invalid(
+                "--augment-shift",
+                self.max_shift,
+                format!("a shift bound in pixels, from 0 to below the image side ({side})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether it changes nothing (both bounds 0).
+    pub fn is_identity(&self) -> bool {
+        self.max_degrees == 0.0 && self.max_shift == 0.0
+    }
+}
+
 /// One episode. Labels are remapped to `0..ways` in the order of [`Episode::classes`];
 /// support and query are class-major (all examples of class 0, then class 1, ...).
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +150,7 @@ pub struct EpisodeSampler {
     spec: EpisodeSpec,
     seed: u64,
     stream: u64,
+    jitter: Option<Jitter>,
 }
 
 impl EpisodeSampler {
@@ -118,7 +162,18 @@ impl EpisodeSampler {
             spec,
             seed,
             stream: 0,
+            jitter: None,
         })
+    }
+
+    /// The same sampler with every image randomly rotated and shifted (`None` or an
+    /// identity jitter: unchanged). Fails on bounds [`Jitter::validate`] refuses.
+    pub fn with_jitter(mut self, jitter: Option<Jitter>) -> Result<Self> {
+        if let Some(j) = &jitter {
+            j.validate(self.set.height, self.set.width)?;
+        }
+        self.jitter = jitter.filter(|j| !j.is_identity());
+        Ok(self)
     }
 
     /// The same sampler on another independent stream (e.g. one for training, one for
@@ -161,6 +216,12 @@ impl EpisodeSampler {
             query_labels: Vec::with_capacity(ways * queries),
         };
         let square = set.height == set.width;
+        // Jitter draws come from a stream of their own (one per sampler stream), so the
+        // choices above and below are the same with and without it.
+        let mut jitter_rng = self
+            .jitter
+            .map(|_| Rng::for_item(self.seed, streams::JITTER.wrapping_add(self.stream), index));
+        let mut plain = vec![0f32; if self.jitter.is_some() { n } else { 0 }];
         for (label, &c) in classes.iter().enumerate() {
             let class = &set.classes[c];
             let picks = rng.choose_distinct(class.examples.len(), shots + queries);
@@ -176,6 +237,12 @@ impl EpisodeSampler {
                     dst.copy_from_slice(src);
                 } else {
                     rot90_into(src, set.height, class.rotation, dst);
+                }
+                if let (Some(j), Some(r)) = (&self.jitter, jitter_rng.as_mut()) {
+                    let mut draw = |bound: f64| (2.0 * r.uniform() - 1.0) * bound;
+                    let (deg, dy, dx) = (draw(j.max_degrees), draw(j.max_shift), draw(j.max_shift));
+                    plain.copy_from_slice(dst);
+                    affine_into(&plain, set.height, set.width, deg, dy, dx, dst);
                 }
             }
             ep.support_labels
@@ -319,6 +386,51 @@ mod tests {
         assert_ne!(s.sample(0), s.sample(1));
         let other = s.clone().with_stream(1);
         assert_ne!(s.sample(0).classes, other.sample(0).classes);
+    }
+
+    #[test]
+    fn jitter_keeps_the_episode_and_moves_its_pixels() {
+        let set = toy(10, 4);
+        let spec = EpisodeSpec::new(3, 1, 2);
+        let plain = EpisodeSampler::new(set.clone(), spec, 5).unwrap();
+        let j = Jitter {
+            max_degrees: 30.0,
+            max_shift: 0.8,
+        };
+        let jittered = plain.clone().with_jitter(Some(j)).unwrap();
+        for i in 0..20 {
+            let (a, b) = (plain.sample(i), jittered.sample(i));
+            // Same classes, labels and examples; other pixels, reproducibly.
+            assert_eq!(a.classes, b.classes);
+            assert_eq!(a.query_labels, b.query_labels);
+            assert_ne!(a.query, b.query);
+            assert_eq!(b, jittered.sample(i));
+            // Each image is its own example resampled: ink only from that image.
+            for (img_a, img_b) in a.query.chunks(4).zip(b.query.chunks(4)) {
+                let hi = img_a.iter().cloned().fold(f32::MIN, f32::max);
+                assert!(img_b.iter().all(|&v| (0.0..=hi + 1e-3).contains(&v)));
+            }
+        }
+        // Another sampler stream jitters differently.
+        let other = jittered.clone().with_stream(1);
+        let plain_other = plain.clone().with_stream(1);
+        assert_eq!(other.sample(0).classes, plain_other.sample(0).classes);
+        // Zero bounds change nothing; bad bounds are refused.
+        let zero = Jitter {
+            max_degrees: 0.0,
+            max_shift: 0.0,
+        };
+        assert_eq!(
+            plain.clone().with_jitter(Some(zero)).unwrap().sample(3),
+            plain.sample(3)
+        );
+        for bad in [(-1.0, 0.0), (181.0, 0.0), (0.0, 2.0), (f64::NAN, 0.0)] {
+            let j = Jitter {
+                max_degrees: bad.0,
+                max_shift: bad.1,
+            };
+            assert!(plain.clone().with_jitter(Some(j)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

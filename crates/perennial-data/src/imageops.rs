@@ -103,6 +103,19 @@ pub fn grey_to_ink(grey: &[u8]) -> Vec<f32> {
 /// (weight 0, index 0 where a tap falls outside the image). Rotations by multiples of
 /// 90 degrees on a square image give one tap of weight 1 per pixel.
 pub fn rotation_taps(h: usize, w: usize, degrees: f64) -> Vec<([usize; 4], [f64; 4])> {
+    affine_taps(h, w, degrees, 0.0, 0.0)
+}
+
+/// The bilinear taps of a rotation by `degrees` counter-clockwise about the image's
+/// centre followed by a translation of `shift_y` rows down and `shift_x` columns to the
+/// right (fractions allowed), as [`rotation_taps`] describes them.
+pub fn affine_taps(
+    h: usize,
+    w: usize,
+    degrees: f64,
+    shift_y: f64,
+    shift_x: f64,
+) -> Vec<([usize; 4], [f64; 4])> {
     let (s, c) = degrees.to_radians().sin_cos();
     // Snap to exact values so quarter turns are pure permutations.
     let snap = |v: f64| if v.abs() < 1e-12 { 0.0 } else { v };
@@ -111,10 +124,10 @@ pub fn rotation_taps(h: usize, w: usize, degrees: f64) -> Vec<([usize; 4], [f64;
     let mut out = Vec::with_capacity(h * w);
     for i in 0..h {
         for j in 0..w {
-            // Output pixel (i, j) samples the source at the inverse rotation. Image rows
-            // grow downwards, so a counter-clockwise turn on screen is clockwise in
-            // (row, column) coordinates.
-            let (dy, dx) = (i as f64 - cy, j as f64 - cx);
+            // Output pixel (i, j) samples the source at the inverse transform: undo the
+            // shift, then the rotation. Image rows grow downwards, so a
+            // counter-clockwise turn on screen is clockwise in (row, column) coordinates.
+            let (dy, dx) = (i as f64 - shift_y - cy, j as f64 - shift_x - cx);
             let sx = c * dx - s * dy + cx;
             let sy = s * dx + c * dy + cy;
             let (y0, x0) = (sy.floor(), sx.floor());
@@ -137,6 +150,28 @@ pub fn rotation_taps(h: usize, w: usize, degrees: f64) -> Vec<([usize; 4], [f64;
         }
     }
     out
+}
+
+/// Writes into `dst` the `h x w` image `src` rotated by `degrees` counter-clockwise
+/// about its centre and shifted by `(shift_y, shift_x)` pixels, with bilinear
+/// interpolation and zeros (no ink) outside the source.
+pub fn affine_into(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    degrees: f64,
+    shift_y: f64,
+    shift_x: f64,
+    dst: &mut [f32],
+) {
+    debug_assert_eq!(src.len(), h * w);
+    debug_assert_eq!(dst.len(), h * w);
+    for (d, (t, wt)) in dst
+        .iter_mut()
+        .zip(affine_taps(h, w, degrees, shift_y, shift_x))
+    {
+        *d = (0..4).map(|k| wt[k] * src[t[k]] as f64).sum::<f64>() as f32;
+    }
 }
 
 /// Rotates an `h x w` image by `degrees` counter-clockwise about its centre (as
@@ -182,6 +217,33 @@ mod tests {
             let r = rotate_bilinear(&disc, s, s, deg);
             assert!((mass(&r) - mass(&disc)).abs() < 0.03 * mass(&disc), "{deg}");
         }
+    }
+
+    #[test]
+    fn affine_shifts_by_whole_pixels_and_composes_with_the_rotation() {
+        let (h, w) = (12, 10);
+        let src: Vec<f32> = (0..h * w).map(|i| ((i * 13) % 29) as f32 / 28.0).collect();
+        let mut out = vec![0f32; h * w];
+        // A whole-pixel shift moves every pixel: (i, j) of the output is (i - 2, j + 3)
+        // of the source, zero where that falls outside.
+        affine_into(&src, h, w, 0.0, 2.0, -3.0, &mut out);
+        for i in 0..h {
+            for j in 0..w {
+                let (si, sj) = (i as isize - 2, j as isize + 3);
+                let want = if si >= 0 && sj >= 0 && (si as usize) < h && (sj as usize) < w {
+                    src[si as usize * w + sj as usize]
+                } else {
+                    0.0
+                };
+                assert_eq!(out[i * w + j], want, "({i}, {j})");
+            }
+        }
+        // No shift: the rotation alone.
+        affine_into(&src, h, w, 21.0, 0.0, 0.0, &mut out);
+        assert_eq!(out, rotate_bilinear(&src, h, w, 21.0));
+        // A half-pixel shift averages neighbours.
+        affine_into(&src, h, w, 0.0, 0.0, 0.5, &mut out);
+        assert!((out[5 * w + 4] - 0.5 * (src[5 * w + 3] + src[5 * w + 4])).abs() < 1e-6);
     }
 
     #[test]

@@ -31,6 +31,6 @@ pub mod sinusoid;
 pub mod stream;
 
 pub use dataset::{ClassEntry, ClassSet};
-pub use episode::{Episode, EpisodeSampler, EpisodeSpec, Prefetcher};
+pub use episode::{Episode, EpisodeSampler, EpisodeSpec, Jitter, Prefetcher};
 pub use error::{Error, Result};
 pub use rng::Rng;

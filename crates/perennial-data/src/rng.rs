@@ -33,9 +33,12 @@ pub mod streams {
     pub const CONSOLIDATION: u64 = 0x0043_4F4E;
     /// The random head initialisation of the MAML family's network.
     pub const HEAD_INIT: u64 = u64::MAX;
+    /// The rotations and shifts of a jittered episode sampler: `JITTER + s` for the
+    /// sampler on stream `s` (0, 1 or 2 above), so each sampler stream has its own.
+    pub const JITTER: u64 = 0x4A49_5454_0000_0000;
 
     /// Every stream, for the check that they are distinct.
-    pub const ALL: [u64; 12] = [
+    pub const ALL: [u64; 13] = [
         TRAIN_EPISODES,
         VAL_EPISODES,
         TEST_EPISODES,
@@ -48,6 +51,7 @@ pub mod streams {
         MER_BUFFER,
         CONSOLIDATION,
         HEAD_INIT,
+        JITTER,
     ];
 }
 

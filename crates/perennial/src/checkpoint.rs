@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use perennial_data::omniglot::{Split, SplitScheme};
-use perennial_data::EpisodeSpec;
+use perennial_data::{EpisodeSpec, Jitter};
 use tch::Tensor;
 
 use crate::error::{Error, Result};
@@ -326,6 +326,10 @@ pub struct RunConfig {
     /// The sinusoid task family (runs with `dataset = "sinusoid"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sinusoid: Option<SinusoidSpec>,
+    /// Random rotations and shifts of the training episodes' images (`--augment-rotate`,
+    /// `--augment-shift`); validation and test episodes are never jittered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Jitter>,
 }
 
 impl RunConfig {

@@ -73,6 +73,7 @@ fn config(episodes: u64, checkpoint_every: u64) -> RunConfig {
             meta_batch: 1,
         },
         sinusoid: None,
+        augment: None,
     }
 }
 

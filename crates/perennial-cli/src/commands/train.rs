@@ -5,7 +5,7 @@ use perennial::checkpoint::{AlgorithmConfig, DataConfig, RunConfig, RunDir, Sche
 use perennial::data::omniglot::{Split, SplitScheme};
 use perennial::data::rng::streams;
 use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
-use perennial::data::{paths, EpisodeSampler, EpisodeSpec};
+use perennial::data::{paths, EpisodeSampler, EpisodeSpec, Jitter};
 use perennial::eval::Summary;
 use perennial::lifelong::oml::OmlConfig;
 use perennial::meta::memory::{KvMemoryConfig, MannConfig};
@@ -82,12 +82,30 @@ fn base_config(
             meta_batch,
         },
         sinusoid: sinusoid.then(|| SinusoidSpec::new(a.shots, queries)),
+        augment: augment(a, sinusoid)?,
     };
     if let Some(s) = &config.sinusoid {
         s.validate()?;
     }
     config.schedule.validate()?;
     Ok(config)
+}
+
+/// The jitter of `--augment-rotate` / `--augment-shift` (`None` when both are 0).
+fn augment(a: &TrainArgs, sinusoid: bool) -> Result<Option<Jitter>> {
+    let j = Jitter {
+        max_degrees: a.augment_rotate,
+        max_shift: a.augment_shift,
+    };
+    if j.is_identity() {
+        return Ok(None);
+    }
+    if sinusoid {
+        bail!("--augment-rotate/--augment-shift: sinusoid tasks have no images to jitter");
+    }
+    // Omniglot's stored images are 28 x 28; the sampler checks again against the set.
+    j.validate(28, 28)?;
+    Ok(Some(j))
 }
 
 fn net_config(a: &TrainArgs, hidden: usize) -> Result<FastNetConfig> {
@@ -519,6 +537,43 @@ impl Observer for Bars {
     }
 }
 
+/// A run's training task source and validation sampler (`None` when it does not
+/// validate).
+type Sources = (Box<dyn TaskSource>, Option<EpisodeSampler>);
+
+/// Loads a run's data and builds its training and validation samplers.
+fn task_sources(config: &RunConfig) -> Result<Sources> {
+    Ok(match &config.sinusoid {
+        Some(spec) => (
+            Box::new(
+                SinusoidSampler::new(*spec, config.seed)?.with_stream(streams::TRAIN_EPISODES),
+            ),
+            None,
+        ),
+        None => {
+            let want_val = config.schedule.val_every > 0;
+            let splits = if want_val {
+                vec![config.data.train_split, Split::Val]
+            } else {
+                vec![config.data.train_split]
+            };
+            let sets = super::omniglot_splits(&config.data.data_dir, config.data.splits, &splits)?;
+            let train_sampler =
+                EpisodeSampler::new(sets[0].clone(), config.train_episode, config.seed)?
+                    .with_stream(streams::TRAIN_EPISODES)
+                    .with_jitter(config.augment)?;
+            let val_sampler = match sets.get(1) {
+                Some(v) => Some(
+                    EpisodeSampler::new(v.clone(), config.val_episode, config.seed)?
+                        .with_stream(streams::VAL_EPISODES),
+                ),
+                None => None,
+            };
+            (Box::new(train_sampler), val_sampler)
+        }
+    })
+}
+
 /// Creates the run (`config`) or resumes it (`None`), then trains to the end.
 ///
 /// Under a distributed launcher (`WORLD_SIZE` > 1: `perennial launch`, `torchrun
@@ -536,6 +591,7 @@ fn run(a: &TrainArgs, config: Option<RunConfig>, quiet: bool) -> Result<()> {
         );
     }
     let root = group.as_ref().is_none_or(|g| g.rank() == 0);
+    let mut early_sources = None;
     let (run, config) = if root {
         let (run, config) = match config {
             None => {
@@ -544,8 +600,11 @@ fn run(a: &TrainArgs, config: Option<RunConfig>, quiet: bool) -> Result<()> {
                 (run, config)
             }
             Some(config) => {
-                // Build the learner once to check the config before creating anything.
+                // Build the learner once and load the data, to check the config and
+                // the data before creating anything: a run that cannot start leaves
+                // no directory behind.
                 build_learner(&config, device)?;
+                early_sources = Some(task_sources(&config)?);
                 (RunDir::create(&a.out, &config)?, config)
             }
         };
@@ -589,35 +648,11 @@ fn run(a: &TrainArgs, config: Option<RunConfig>, quiet: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let (source, val_sampler): (Box<dyn TaskSource>, Option<EpisodeSampler>) = match &config
-        .sinusoid
-    {
-        Some(spec) => (
-            Box::new(
-                SinusoidSampler::new(*spec, config.seed)?.with_stream(streams::TRAIN_EPISODES),
-            ),
-            None,
-        ),
-        None => {
-            let want_val = config.schedule.val_every > 0;
-            let splits = if want_val {
-                vec![config.data.train_split, Split::Val]
-            } else {
-                vec![config.data.train_split]
-            };
-            let sets = super::omniglot_splits(&config.data.data_dir, config.data.splits, &splits)?;
-            let train_sampler =
-                EpisodeSampler::new(sets[0].clone(), config.train_episode, config.seed)?
-                    .with_stream(streams::TRAIN_EPISODES);
-            let val_sampler = match sets.get(1) {
-                Some(v) => Some(
-                    EpisodeSampler::new(v.clone(), config.val_episode, config.seed)?
-                        .with_stream(streams::VAL_EPISODES),
-                ),
-                None => None,
-            };
-            (Box::new(train_sampler), val_sampler)
-        }
+    // A new run loaded its data before its directory was created; a resumed run or
+    // another rank loads it now.
+    let (source, val_sampler) = match early_sources {
+        Some(sources) => sources,
+        None => task_sources(&config)?,
     };
     let mut learner = build_learner(&config, device)?;
     let dp = match group {

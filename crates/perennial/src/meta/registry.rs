@@ -76,6 +76,7 @@ impl Algorithm {
                 meta_batch: 1,
             },
             sinusoid: None,
+            augment: None,
         }
     }
 
