@@ -142,7 +142,7 @@ pub struct Episode {
 }
 
 /// Draws episodes from a [`ClassSet`]. `sample(i)` depends only on the data set, the
-/// spec, the seed, the stream and `i`, so runs reproduce, resume at any index, and can
+/// spec, the seed, the stream, the jitter and `i`, so runs reproduce, resume at any index, and can
 /// be sampled in parallel.
 #[derive(Debug, Clone)]
 pub struct EpisodeSampler {
@@ -171,6 +171,14 @@ impl EpisodeSampler {
     pub fn with_jitter(mut self, jitter: Option<Jitter>) -> Result<Self> {
         if let Some(j) = &jitter {
             j.validate(self.set.height, self.set.width)?;
+            if j.max_degrees >= 45.0 && self.set.classes.iter().any(|c| c.rotation != 0) {
+                return Err(Error::invalid(
+                    "--augment-rotate",
+                    j.max_degrees,
+                    "below 45 degrees: this data set's quarter turns are classes of their \
+                     own, which a wider turn would blur into each other",
+                ));
+            }
         }
         self.jitter = jitter.filter(|j| !j.is_identity());
         Ok(self)
@@ -218,9 +226,10 @@ impl EpisodeSampler {
         let square = set.height == set.width;
         // Jitter draws come from a stream of their own (one per sampler stream), so the
         // choices above and below are the same with and without it.
-        let mut jitter_rng = self
-            .jitter
-            .map(|_| Rng::for_item(self.seed, streams::JITTER.wrapping_add(self.stream), index));
+        let mut jitter = self.jitter.map(|bounds| {
+            let stream = streams::JITTER.wrapping_add(self.stream);
+            (bounds, Rng::for_item(self.seed, stream, index))
+        });
         let mut plain = vec![0f32; if self.jitter.is_some() { n } else { 0 }];
         for (label, &c) in classes.iter().enumerate() {
             let class = &set.classes[c];
@@ -238,9 +247,10 @@ impl EpisodeSampler {
                 } else {
                     rot90_into(src, set.height, class.rotation, dst);
                 }
-                if let (Some(j), Some(r)) = (&self.jitter, jitter_rng.as_mut()) {
-                    let mut draw = |bound: f64| (2.0 * r.uniform() - 1.0) * bound;
-                    let (deg, dy, dx) = (draw(j.max_degrees), draw(j.max_shift), draw(j.max_shift));
+                if let Some((bounds, jitter_rng)) = jitter.as_mut() {
+                    let mut draw = |bound: f64| (2.0 * jitter_rng.uniform() - 1.0) * bound;
+                    let deg = draw(bounds.max_degrees);
+                    let (dy, dx) = (draw(bounds.max_shift), draw(bounds.max_shift));
                     plain.copy_from_slice(dst);
                     affine_into(&plain, set.height, set.width, deg, dy, dx, dst);
                 }
@@ -411,10 +421,27 @@ mod tests {
                 assert!(img_b.iter().all(|&v| (0.0..=hi + 1e-3).contains(&v)));
             }
         }
-        // Another sampler stream jitters differently.
+        // Another sampler stream keeps its own episodes and jitters them differently.
         let other = jittered.clone().with_stream(1);
         let plain_other = plain.clone().with_stream(1);
         assert_eq!(other.sample(0).classes, plain_other.sample(0).classes);
+        assert_ne!(other.sample(0).query, plain_other.sample(0).query);
+        // Turns of 45 degrees or more are refused where quarter turns are classes.
+        let mut turned = (*set).clone();
+        turned.classes[1].rotation = 1;
+        let turned = EpisodeSampler::new(Arc::new(turned), spec, 5).unwrap();
+        let wide = Jitter {
+            max_degrees: 45.0,
+            max_shift: 0.0,
+        };
+        let e = turned
+            .clone()
+            .with_jitter(Some(wide))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--augment-rotate") && e.contains("45"), "{e}");
+        assert!(plain.clone().with_jitter(Some(wide)).is_ok());
+        assert!(turned.with_jitter(Some(j)).is_ok());
         // Zero bounds change nothing; bad bounds are refused.
         let zero = Jitter {
             max_degrees: 0.0,

@@ -178,11 +178,9 @@ pub fn affine_into(
 /// `torchvision.transforms.functional.rotate` and PIL do), with bilinear interpolation
 /// and zeros (no ink) outside the source.
 pub fn rotate_bilinear(src: &[f32], h: usize, w: usize, degrees: f64) -> Vec<f32> {
-    debug_assert_eq!(src.len(), h * w);
-    rotation_taps(h, w, degrees)
-        .iter()
-        .map(|(t, wt)| (0..4).map(|k| wt[k] * src[t[k]] as f64).sum::<f64>() as f32)
-        .collect()
+    let mut out = vec![0f32; h * w];
+    affine_into(src, h, w, degrees, 0.0, 0.0, &mut out);
+    out
 }
 
 #[cfg(test)]

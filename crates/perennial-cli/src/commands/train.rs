@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use perennial::checkpoint::{AlgorithmConfig, DataConfig, RunConfig, RunDir, ScheduleConfig};
-use perennial::data::omniglot::{Split, SplitScheme};
+use perennial::data::omniglot::{self, Split, SplitScheme};
 use perennial::data::rng::streams;
 use perennial::data::sinusoid::{SinusoidSampler, SinusoidSpec};
 use perennial::data::{paths, EpisodeSampler, EpisodeSpec, Jitter};
@@ -103,8 +103,8 @@ fn augment(a: &TrainArgs, sinusoid: bool) -> Result<Option<Jitter>> {
     if sinusoid {
         bail!("--augment-rotate/--augment-shift: sinusoid tasks have no images to jitter");
     }
-    // Omniglot's stored images are 28 x 28; the sampler checks again against the set.
-    j.validate(28, 28)?;
+    // The sampler checks again against the set it is given.
+    j.validate(omniglot::SIZE, omniglot::SIZE)?;
     Ok(Some(j))
 }
 
@@ -544,6 +544,9 @@ type Sources = (Box<dyn TaskSource>, Option<EpisodeSampler>);
 /// Loads a run's data and builds its training and validation samplers.
 fn task_sources(config: &RunConfig) -> Result<Sources> {
     Ok(match &config.sinusoid {
+        Some(_) if config.augment.is_some() => {
+            bail!("config.toml: [augment] jitters images; a sinusoid run has none")
+        }
         Some(spec) => (
             Box::new(
                 SinusoidSampler::new(*spec, config.seed)?.with_stream(streams::TRAIN_EPISODES),
@@ -602,7 +605,11 @@ fn run(a: &TrainArgs, config: Option<RunConfig>, quiet: bool) -> Result<()> {
             Some(config) => {
                 // Build the learner once and load the data, to check the config and
                 // the data before creating anything: a run that cannot start leaves
-                // no directory behind.
+                // no directory behind. A directory that holds a run is refused first,
+                // without waiting for the data.
+                if a.out.join("config.toml").exists() {
+                    RunDir::create(&a.out, &config)?;
+                }
                 build_learner(&config, device)?;
                 early_sources = Some(task_sources(&config)?);
                 (RunDir::create(&a.out, &config)?, config)

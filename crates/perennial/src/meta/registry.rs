@@ -337,6 +337,17 @@ mod tests {
             );
             let back: RunConfig = toml::from_str(&text).unwrap();
             assert_eq!(back, c);
+            // ... and with augmented training images (a table beside the flattened
+            // algorithm's; ranks and resumption read it back from this text).
+            let mut jittered = c.clone();
+            jittered.augment = Some(perennial_data::Jitter {
+                max_degrees: 30.0,
+                max_shift: 2.67,
+            });
+            let text = toml::to_string_pretty(&jittered).unwrap();
+            assert!(text.contains("[augment]"), "{text}");
+            let back: RunConfig = toml::from_str(&text).unwrap();
+            assert_eq!(back, jittered);
         }
         let err = find("nope").unwrap_err().to_string();
         assert!(err.contains("protonet") && err.contains("oml"), "{err}");
