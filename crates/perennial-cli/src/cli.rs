@@ -239,6 +239,12 @@ pub struct MannArgs {
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Multiply the learning rate by --lr-gamma every this many updates (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub lr_step: u64,
+    /// Learning-rate decay factor.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_gamma: f64,
     /// Clip the gradient's global norm to this (0 = off).
     #[arg(long, default_value_t = 10.0)]
     pub clip_norm: f64,

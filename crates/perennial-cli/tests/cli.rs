@@ -1968,11 +1968,21 @@ fn memory_runs_resume_exactly_and_bad_flags_are_refused() {
             metric_train_cmd(&data, &out, "kv-memory", &kv_flags, 40)
         } else {
             // Jittered training images (Santoro et al.'s augmentation) resume exactly
-            // too: the jitter is a pure function of the episode index.
+            // too: the jitter is a pure function of the episode index; and so does a
+            // learning-rate step that falls after the kill.
             mann_train_cmd(
                 &data,
                 &out,
-                &["--augment-rotate", "30", "--augment-shift", "2.67"],
+                &[
+                    "--augment-rotate",
+                    "30",
+                    "--augment-shift",
+                    "2.67",
+                    "--lr-step",
+                    "20",
+                    "--lr-gamma",
+                    "0.5",
+                ],
                 40,
                 4,
             )
@@ -1987,6 +1997,13 @@ fn memory_runs_resume_exactly_and_bad_flags_are_refused() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if algorithm == "mann" {
+            let config = std::fs::read_to_string(straight.join("config.toml")).unwrap();
+            assert!(
+                config.contains("step_every = 20") && config.contains("gamma = 0.5"),
+                "{config}"
+            );
+        }
         kill_after_checkpoint(&mut cmd(&format!("{label}-killed")), &killed, 10, 40);
         let out = run(bin()
             .args(["train", algorithm, "--resume", "--device", "cpu", "--out"])
@@ -2019,6 +2036,7 @@ fn memory_runs_resume_exactly_and_bad_flags_are_refused() {
         assert!(!refused_dir.exists(), "{algorithm} {extra:?} created a run");
     };
     refused("kv-memory", &["--knn", "0"], &["--knn"]);
+    refused("mann", &["--lr-gamma", "0"], &["lr-gamma", "(0, 1]"]);
     refused(
         "kv-memory",
         &["--memory-size", "16", "--knn", "32"],

@@ -365,7 +365,8 @@ pub fn mann(mut a: MannArgs, quiet: bool) -> Result<()> {
         common.queries = Some(a.instances - 1);
         let optimizer = AdamConfig {
             lr: a.lr,
-            step_every: 0,
+            step_every: a.lr_step,
+            gamma: a.lr_gamma,
             ..Default::default()
         };
         let m = MannConfig {
