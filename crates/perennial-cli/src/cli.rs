@@ -266,6 +266,11 @@ pub struct MannArgs {
     /// No external memory: the LSTM baseline.
     #[arg(long)]
     pub no_memory: bool,
+    /// A learned key strength per read head (β = 1 + softplus(W h + b) times the
+    /// cosines before the read softmax, as in the Neural Turing Machine; the paper has
+    /// none).
+    #[arg(long)]
+    pub key_strength: bool,
     /// String labels of this many characters over 5 letters, drawn anew for every
     /// sequence (the paper's Table 2: 5, with --ways 15); 0 = one-hot labels.
     #[arg(long, default_value_t = 0)]

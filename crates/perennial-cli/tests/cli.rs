@@ -1821,6 +1821,39 @@ fn memory_family_trains_evaluates_adapts_and_predicts_on_omniglot() {
             .len(),
         10
     );
+    // A learned key strength is recorded and trains; the baseline refuses one.
+    let sharp = dir.path().join("mann-key-strength");
+    let out = run(&mut mann_train_cmd(
+        &data,
+        &sharp,
+        &["--key-strength"],
+        20,
+        4,
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(sharp.join("config.toml")).unwrap();
+    assert!(config.contains("key_strength = true"), "{config}");
+    assert_eq!(
+        eval(&sharp, &["--episodes", "5"])["by_instance"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+    assert_fails(
+        &run(&mut mann_train_cmd(
+            &data,
+            &dir.path().join("refused-strength"),
+            &["--key-strength", "--no-memory"],
+            20,
+            4,
+        )),
+        &["--key-strength", "LSTM baseline"],
+    );
     // String labels (Santoro et al.'s Table 2): 5 letters over a-e, a new string per
     // class and sequence. A random string is right once in 3125; after 200 updates the
     // network recalls a class's string at its later presentations well above that.

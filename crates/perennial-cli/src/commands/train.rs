@@ -376,6 +376,7 @@ pub fn mann(mut a: MannArgs, quiet: bool) -> Result<()> {
             memory_width: a.memory_width,
             read_heads: a.read_heads,
             gamma: a.gamma,
+            key_strength: a.key_strength,
             clip_norm: a.clip_norm,
             label_chars: a.label_chars,
             optimizer,

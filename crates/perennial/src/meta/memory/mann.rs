@@ -61,6 +61,12 @@ pub struct MannConfig {
     pub read_heads: usize,
     /// Usage decay γ.
     pub gamma: f64,
+    /// A learned key strength per read head, as in the Neural Turing Machine:
+    /// `β = 1 + softplus(W h + b)` multiplies the cosines before the read softmax, so a
+    /// head can read one slot sharply. Santoro et al.'s reads have none (`false`, the
+    /// default): a softmax of bare cosines, which weighs a perfect match at most e² ≈ 7.4
+    /// times the worst slot.
+    pub key_strength: bool,
     /// Clip the gradient's global norm to this before each update (0 = no clipping).
     pub clip_norm: f64,
     /// Characters of a string label (0: one-hot labels; the paper's string labels: 5).
@@ -83,6 +89,7 @@ impl Default for MannConfig {
             memory_width: 40,
             read_heads: 4,
             gamma: 0.95,
+            key_strength: false,
             clip_norm: 10.0,
             label_chars: 0,
             optimizer: AdamConfig {
@@ -129,6 +136,13 @@ impl MannConfig {
                     ),
                 ));
             }
+        }
+        if self.key_strength && !self.has_memory() {
+            return Err(Error::config(
+                "--key-strength",
+                "with --no-memory",
+                "a key strength sharpens the memory's reads: the LSTM baseline has none",
+            ));
         }
         if self.label_chars > 0 {
             let strings = (STRING_ALPHABET as f64).powi(self.label_chars.min(64) as i32);
@@ -207,9 +221,16 @@ pub(crate) struct MemoryState {
 }
 
 /// One LRUA step of a batch: write `keys` `[b, heads, width]` with write gates
-/// `gates` (σ(α), `[b, heads, 1]`), then read with the same keys; usage decays by
-/// `gamma`. The paper's equations, as in the module documentation.
-pub(crate) fn lrua_step(s: &MemoryState, keys: &Tensor, gates: &Tensor, gamma: f64) -> MemoryState {
+/// `gates` (σ(α), `[b, heads, 1]`), then read with the same keys, the cosines times
+/// `strength` (`[b, heads, 1]`) when given; usage decays by `gamma`. The paper's
+/// equations, as in the module documentation.
+pub(crate) fn lrua_step(
+    s: &MemoryState,
+    keys: &Tensor,
+    gates: &Tensor,
+    strength: Option<&Tensor>,
+    gamma: f64,
+) -> MemoryState {
     let (b, heads) = (keys.size()[0], keys.size()[1]);
     let slots = s.mem.size()[1];
     let opts = (s.mem.kind(), s.mem.device());
@@ -226,7 +247,10 @@ pub(crate) fn lrua_step(s: &MemoryState, keys: &Tensor, gates: &Tensor, gamma: f
             .clamp_min(1e-8);
         t / n
     };
-    let sim = unit(keys).matmul(&unit(&mem).transpose(1, 2));
+    let mut sim = unit(keys).matmul(&unit(&mem).transpose(1, 2));
+    if let Some(beta) = strength {
+        sim *= beta;
+    }
     let read_weights = sim.softmax(2, sim.kind());
     let usage = &s.usage * gamma
         + read_weights.sum_dim_intlist(1, false, None)
@@ -279,6 +303,11 @@ impl Mann {
             linear("gate", h, config.read_heads as i64);
         }
         linear("out", h + config.read_width(), config.label_width());
+        // Drawn after the others, so a run with a key strength starts from the same
+        // controller, keys, gates and output as one without.
+        if config.has_memory() && config.key_strength {
+            linear("strength", h, config.read_heads as i64);
+        }
         let params = p.requires_grad();
         let adam = Adam::new(config.optimizer.clone(), &params);
         Ok(Mann {
@@ -354,7 +383,11 @@ impl Mann {
                 let heads = self.config.read_heads as i64;
                 let keys = self.linear("key", &h).tanh().reshape([b, heads, -1]);
                 let gates = self.linear("gate", &h).sigmoid().unsqueeze(2);
-                let next = lrua_step(m, &keys, &gates, self.config.gamma);
+                let strength = self
+                    .config
+                    .key_strength
+                    .then(|| self.linear("strength", &h).softplus().unsqueeze(2) + 1.0);
+                let next = lrua_step(m, &keys, &gates, strength.as_ref(), self.config.gamma);
                 let logits = self.linear("out", &Tensor::cat(&[&h, &next.read], 1));
                 (logits, Some(next))
             }
@@ -733,7 +766,13 @@ mod tests {
             read_weights: t(&[0.6, 0.3, 0.1], &[1, 1, 3]),
             read: Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)),
         };
-        let next = lrua_step(&s, &t(&[1., 0.], &[1, 1, 2]), &t(&[0.25], &[1, 1, 1]), 0.5);
+        let next = lrua_step(
+            &s,
+            &t(&[1., 0.], &[1, 1, 2]),
+            &t(&[0.25], &[1, 1, 1]),
+            None,
+            0.5,
+        );
         let want_mem = [1.15, 0.0, 0.825, 0.0, 1.025, 1.0];
         for (a, b) in vec(&next.mem).iter().zip(want_mem) {
             assert!((a - b).abs() < 1e-6, "memory {:?}", vec(&next.mem));
@@ -773,11 +812,79 @@ mod tests {
             &s,
             &t(&[2., 3.], &[1, 2, 1]),
             &Tensor::zeros([1, 2, 1], (Kind::Float, Device::Cpu)),
+            None,
             1.0,
         );
         // Slot 1 (least used) erased, then both heads' w^lu cover slots 1 and 3:
         // each gets 2 + 3.
         assert_eq!(vec(&next.mem), vec![1.0, 5.0, 1.0, 6.0]);
+    }
+
+    /// A key strength multiplies the cosines before the softmax: the hand-computed
+    /// example's reads with β = 3 are the softmax of three times its cosines, and the
+    /// write is unchanged.
+    #[test]
+    fn key_strength_sharpens_the_reads_only() {
+        let s = MemoryState {
+            mem: t(&[1., 0., 0., 1., 1., 1.], &[1, 3, 2]),
+            usage: t(&[0.5, 0.2, 0.9], &[1, 3]),
+            read_weights: t(&[0.6, 0.3, 0.1], &[1, 1, 3]),
+            read: Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)),
+        };
+        let (key, gate) = (t(&[1., 0.], &[1, 1, 2]), t(&[0.25], &[1, 1, 1]));
+        let plain = lrua_step(&s, &key, &gate, None, 0.5);
+        let sharp = lrua_step(&s, &key, &gate, Some(&t(&[3.0], &[1, 1, 1])), 0.5);
+        assert_eq!(vec(&plain.mem), vec(&sharp.mem));
+        let c2 = 1.025 / (1.025f64 * 1.025 + 1.0).sqrt();
+        let z = 2.0 * 3f64.exp() + (3.0 * c2).exp();
+        let w = [3f64.exp() / z, 3f64.exp() / z, (3.0 * c2).exp() / z];
+        for (a, b) in vec(&sharp.read_weights).iter().zip(w) {
+            assert!((a - b).abs() < 1e-6, "reads {:?}", vec(&sharp.read_weights));
+        }
+        assert!(vec(&sharp.read_weights)[2] < vec(&plain.read_weights)[2]);
+    }
+
+    /// A network with a key strength has one more layer, drawn after the others: the
+    /// rest starts as without it; the LSTM baseline refuses one.
+    #[test]
+    fn key_strength_adds_a_layer_after_the_others() {
+        let config = MannConfig {
+            hidden: 8,
+            memory_slots: 4,
+            memory_width: 3,
+            read_heads: 2,
+            ..MannConfig::default()
+        };
+        let plain = Mann::new(config.clone(), 7, Device::Cpu).unwrap();
+        let sharp = Mann::new(
+            MannConfig {
+                key_strength: true,
+                ..config.clone()
+            },
+            7,
+            Device::Cpu,
+        )
+        .unwrap();
+        let names = |m: &Mann| {
+            m.params
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        let extra: Vec<String> = names(&sharp)
+            .into_iter()
+            .filter(|n| !names(&plain).contains(n))
+            .collect();
+        assert_eq!(extra, vec!["strength.weight", "strength.bias"]);
+        for n in names(&plain) {
+            assert!(plain.params.get(&n).equal(sharp.params.get(&n)), "{n}");
+        }
+        let baseline = MannConfig {
+            memory_slots: 0,
+            key_strength: true,
+            ..config
+        };
+        assert!(baseline.validate().is_err());
     }
 
     fn strings(classes: usize) -> Mann {
