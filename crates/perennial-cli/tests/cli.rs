@@ -1804,46 +1804,29 @@ fn memory_family_trains_evaluates_adapts_and_predicts_on_omniglot() {
         &adapt(&mann, &dir.path().join("refused-model")),
         &["--store", "kv-memory"],
     );
+    // Short variants: each trains, records its setting and reports ten instances.
+    let variant = |name: &str, flag: &str, recorded: &str| {
+        let out_dir = dir.path().join(name);
+        let out = run(&mut mann_train_cmd(&data, &out_dir, &[flag], 20, 4));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = std::fs::read_to_string(out_dir.join("config.toml")).unwrap();
+        assert!(config.contains(recorded), "{config}");
+        assert_eq!(
+            eval(&out_dir, &["--episodes", "5"])["by_instance"]
+                .as_array()
+                .unwrap()
+                .len(),
+            10
+        );
+    };
     // The LSTM baseline.
-    let lstm = dir.path().join("lstm");
-    let out = run(&mut mann_train_cmd(&data, &lstm, &["--no-memory"], 20, 4));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let config = std::fs::read_to_string(lstm.join("config.toml")).unwrap();
-    assert!(config.contains("memory_slots = 0"), "{config}");
-    assert_eq!(
-        eval(&lstm, &["--episodes", "5"])["by_instance"]
-            .as_array()
-            .unwrap()
-            .len(),
-        10
-    );
-    // A learned key strength is recorded and trains; the baseline refuses one.
-    let sharp = dir.path().join("mann-key-strength");
-    let out = run(&mut mann_train_cmd(
-        &data,
-        &sharp,
-        &["--key-strength"],
-        20,
-        4,
-    ));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let config = std::fs::read_to_string(sharp.join("config.toml")).unwrap();
-    assert!(config.contains("key_strength = true"), "{config}");
-    assert_eq!(
-        eval(&sharp, &["--episodes", "5"])["by_instance"]
-            .as_array()
-            .unwrap()
-            .len(),
-        10
-    );
+    variant("lstm", "--no-memory", "memory_slots = 0");
+    // A learned key strength; the baseline refuses one.
+    variant("mann-key-strength", "--key-strength", "key_strength = true");
     assert_fails(
         &run(&mut mann_train_cmd(
             &data,

@@ -305,7 +305,7 @@ impl Mann {
         linear("out", h + config.read_width(), config.label_width());
         // Drawn after the others, so a run with a key strength starts from the same
         // controller, keys, gates and output as one without.
-        if config.has_memory() && config.key_strength {
+        if config.key_strength {
             linear("strength", h, config.read_heads as i64);
         }
         let params = p.requires_grad();
@@ -753,6 +753,16 @@ mod tests {
         t.to_kind(Kind::Double).reshape([-1]).try_into().unwrap()
     }
 
+    /// The hand-computed example's memory before its step.
+    fn hand_example() -> MemoryState {
+        MemoryState {
+            mem: t(&[1., 0., 0., 1., 1., 1.], &[1, 3, 2]),
+            usage: t(&[0.5, 0.2, 0.9], &[1, 3]),
+            read_weights: t(&[0.6, 0.3, 0.1], &[1, 1, 3]),
+            read: Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)),
+        }
+    }
+
     /// One LRUA step of one head on a 3 × 2 memory, by hand. Usage (0.5, 0.2, 0.9):
     /// slot 1 is least used, so w^lu = (0, 1, 0) and slot 1 is erased; with σ(α) = 0.25
     /// and previous reads (0.6, 0.3, 0.1) the write weights are (0.15, 0.825, 0.025);
@@ -760,12 +770,7 @@ mod tests {
     /// the cosines (1, 1, 1.025/√(1.025² + 1)).
     #[test]
     fn lrua_step_matches_a_hand_computed_example() {
-        let s = MemoryState {
-            mem: t(&[1., 0., 0., 1., 1., 1.], &[1, 3, 2]),
-            usage: t(&[0.5, 0.2, 0.9], &[1, 3]),
-            read_weights: t(&[0.6, 0.3, 0.1], &[1, 1, 3]),
-            read: Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)),
-        };
+        let s = hand_example();
         let next = lrua_step(
             &s,
             &t(&[1., 0.], &[1, 1, 2]),
@@ -825,12 +830,7 @@ mod tests {
     /// write is unchanged.
     #[test]
     fn key_strength_sharpens_the_reads_only() {
-        let s = MemoryState {
-            mem: t(&[1., 0., 0., 1., 1., 1.], &[1, 3, 2]),
-            usage: t(&[0.5, 0.2, 0.9], &[1, 3]),
-            read_weights: t(&[0.6, 0.3, 0.1], &[1, 1, 3]),
-            read: Tensor::zeros([1, 2], (Kind::Float, Device::Cpu)),
-        };
+        let s = hand_example();
         let (key, gate) = (t(&[1., 0.], &[1, 1, 2]), t(&[0.25], &[1, 1, 1]));
         let plain = lrua_step(&s, &key, &gate, None, 0.5);
         let sharp = lrua_step(&s, &key, &gate, Some(&t(&[3.0], &[1, 1, 1])), 0.5);
@@ -871,12 +871,13 @@ mod tests {
                 .map(|(n, _)| n.to_string())
                 .collect::<Vec<_>>()
         };
+        let base = names(&plain);
         let extra: Vec<String> = names(&sharp)
             .into_iter()
-            .filter(|n| !names(&plain).contains(n))
+            .filter(|n| !base.contains(n))
             .collect();
         assert_eq!(extra, vec!["strength.weight", "strength.bias"]);
-        for n in names(&plain) {
+        for n in base {
             assert!(plain.params.get(&n).equal(sharp.params.get(&n)), "{n}");
         }
         let baseline = MannConfig {
