@@ -576,6 +576,11 @@ pub struct EvalArgs {
     /// Split to evaluate on.
     #[arg(long, default_value = "test")]
     pub split: String,
+    /// Leave out the rotated copies (90, 180, 270 degrees) that the Vinyals protocol adds
+    /// to every split as classes: only the split's characters as drawn (Santoro et al.
+    /// 2016 test on the 423 held-out characters).
+    #[arg(long)]
+    pub unrotated: bool,
     /// Seed of the evaluation episodes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -235,6 +235,13 @@ fn killed_run_resumes_on_the_same_episode_sequence() {
             .arg(&straight)),
         &["5000-way", "test split", "1692 classes"],
     );
+    // --unrotated: the split's 423 characters without their rotated copies.
+    assert_fails(
+        &run(bin()
+            .args(["eval", "--unrotated", "--ways", "500", "--device", "cpu"])
+            .arg(&straight)),
+        &["500-way", "test split", "only 423 classes"],
+    );
     assert_fails(
         &run(bin()
             .args([

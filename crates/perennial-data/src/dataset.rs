@@ -44,6 +44,14 @@ impl ClassSet {
         &self.images[i as usize * n..(i as usize + 1) * n]
     }
 
+    /// The same set without the rotated copies that a protocol adds as classes: only the
+    /// classes drawn as stored (`rotation == 0`). Pixels are shared, not copied.
+    pub fn unrotated(&self) -> ClassSet {
+        let mut set = self.clone();
+        set.classes.retain(|c| c.rotation == 0);
+        set
+    }
+
     /// The smallest number of examples of any class.
     pub fn min_examples(&self) -> usize {
         self.classes
@@ -81,5 +89,29 @@ impl ClassSet {
             images: Arc::new(images),
             classes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unrotated_keeps_only_the_classes_drawn_as_stored() {
+        let mut set = ClassSet::from_labelled(
+            "test",
+            1,
+            1,
+            vec![0.0, 1.0, 2.0],
+            &[0, 1, 2],
+            vec!["a/rot0".into(), "a/rot90".into(), "b/rot0".into()],
+        );
+        set.classes[1].rotation = 1;
+        let u = set.unrotated();
+        let names: Vec<&str> = u.classes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a/rot0", "b/rot0"]);
+        assert_eq!(u.classes[1].examples, [2]);
+        assert!(Arc::ptr_eq(&u.images, &set.images));
+        assert_eq!(set.classes.len(), 3, "the original set is left as it was");
     }
 }

@@ -11,6 +11,7 @@ use perennial::plot::{line_plot, Series, Style};
 use perennial::tensors::{Batch, Task};
 use perennial::train::build_learner;
 use serde_json::json;
+use std::sync::Arc;
 
 use crate::cli::{EvalArgs, EvalEpisodesArgs};
 use crate::progress::bar;
@@ -47,7 +48,10 @@ pub fn eval(a: EvalArgs, quiet: bool) -> Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(|| config.data.data_dir.clone());
-    let set = super::omniglot_split(&data, config.data.splits, split)?;
+    let mut set = super::omniglot_split(&data, config.data.splits, split)?;
+    if a.unrotated {
+        set = Arc::new(set.unrotated());
+    }
     let sequences = config.algorithm.mann().is_some();
     let queries = a.queries.unwrap_or(if sequences {
         config.train_episode.queries
