@@ -47,9 +47,18 @@ impl ClassSet {
     /// The same set without the rotated copies that a protocol adds as classes: only the
     /// classes drawn as stored (`rotation == 0`). Pixels are shared, not copied.
     pub fn unrotated(&self) -> ClassSet {
-        let mut set = self.clone();
-        set.classes.retain(|c| c.rotation == 0);
-        set
+        ClassSet {
+            split: self.split.clone(),
+            height: self.height,
+            width: self.width,
+            images: Arc::clone(&self.images),
+            classes: self
+                .classes
+                .iter()
+                .filter(|c| c.rotation == 0)
+                .cloned()
+                .collect(),
+        }
     }
 
     /// The smallest number of examples of any class.
