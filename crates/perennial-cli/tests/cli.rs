@@ -1938,7 +1938,9 @@ fn memory_family_trains_evaluates_adapts_and_predicts_on_omniglot() {
         line["acc"].as_f64().unwrap(),
         in_ram["acc"].as_f64().unwrap(),
     );
-    assert!((a - b).abs() <= 0.02, "store {a} vs memory {b}");
+    // Two of the 100 answers may differ (an approximate index, and ties); the slack
+    // keeps 0.53 vs 0.51 inside despite the floating-point subtraction.
+    assert!((a - b).abs() <= 0.02 + 1e-9, "store {a} vs memory {b}");
     assert_fails(
         &stream("kv-memory", &store_flag, "refused-stream"),
         &["--store", "holds", "empty memory"],
