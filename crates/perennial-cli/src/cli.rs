@@ -271,6 +271,10 @@ pub struct MannArgs {
     /// none).
     #[arg(long)]
     pub key_strength: bool,
+    /// A separate add vector per head, written in place of the key (as in the Neural
+    /// Turing Machine; the paper writes the key itself).
+    #[arg(long)]
+    pub add_vector: bool,
     /// String labels of this many characters over 5 letters, drawn anew for every
     /// sequence (the paper's Table 2: 5, with --ways 15); 0 = one-hot labels.
     #[arg(long, default_value_t = 0)]

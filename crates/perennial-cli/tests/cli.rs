@@ -1834,6 +1834,8 @@ fn memory_family_trains_evaluates_adapts_and_predicts_on_omniglot() {
     variant("lstm", "--no-memory", "memory_slots = 0");
     // A learned key strength; the baseline refuses one.
     variant("mann-key-strength", "--key-strength", "key_strength = true");
+    // A separate add vector per head.
+    variant("mann-add-vector", "--add-vector", "add_vector = true");
     assert_fails(
         &run(&mut mann_train_cmd(
             &data,

@@ -377,6 +377,7 @@ pub fn mann(mut a: MannArgs, quiet: bool) -> Result<()> {
             read_heads: a.read_heads,
             gamma: a.gamma,
             key_strength: a.key_strength,
+            add_vector: a.add_vector,
             clip_norm: a.clip_norm,
             label_chars: a.label_chars,
             optimizer,

@@ -67,6 +67,12 @@ pub struct MannConfig {
     /// default): a softmax of bare cosines, which weighs a perfect match at most e² ≈ 7.4
     /// times the worst slot.
     pub key_strength: bool,
+    /// A separate add vector per head, as in the Neural Turing Machine:
+    /// `a_t = tanh(W_a h_t + b)` is what the head writes, so its key only addresses
+    /// the read. Santoro et al. write the key itself (`false`, the default), and one
+    /// key then has to carry both the binding just learnt (the previous image with the
+    /// label that arrives now) and the query for the image shown now.
+    pub add_vector: bool,
     /// Clip the gradient's global norm to this before each update (0 = no clipping).
     pub clip_norm: f64,
     /// Characters of a string label (0: one-hot labels; the paper's string labels: 5).
@@ -90,6 +96,7 @@ impl Default for MannConfig {
             read_heads: 4,
             gamma: 0.95,
             key_strength: false,
+            add_vector: false,
             clip_norm: 10.0,
             label_chars: 0,
             optimizer: AdamConfig {
@@ -142,6 +149,13 @@ impl MannConfig {
                 "--key-strength",
                 "with --no-memory",
                 "a key strength sharpens the memory's reads: the LSTM baseline has none",
+            ));
+        }
+        if self.add_vector && !self.has_memory() {
+            return Err(Error::config(
+                "--add-vector",
+                "with --no-memory",
+                "an add vector is what a head writes to memory: the LSTM baseline has none",
             ));
         }
         if self.label_chars > 0 {
@@ -220,13 +234,15 @@ pub(crate) struct MemoryState {
     pub read: Tensor,
 }
 
-/// One LRUA step of a batch: write `keys` `[b, heads, width]` with write gates
-/// `gates` (σ(α), `[b, heads, 1]`), then read with the same keys, the cosines times
+/// One LRUA step of a batch: write `adds` `[b, heads, width]` (the keys themselves
+/// when `None`, as in the paper) with write gates `gates` (σ(α), `[b, heads, 1]`),
+/// then read with `keys` `[b, heads, width]`, the cosines times
 /// `strength` (`[b, heads, 1]`) when given; usage decays by `gamma`. The paper's
 /// equations, as in the module documentation.
 pub(crate) fn lrua_step(
     s: &MemoryState,
     keys: &Tensor,
+    adds: Option<&Tensor>,
     gates: &Tensor,
     strength: Option<&Tensor>,
     gamma: f64,
@@ -240,7 +256,7 @@ pub(crate) fn lrua_step(
     let write: Tensor = gates * &s.read_weights + (1.0 - gates) * lu.unsqueeze(1);
     let erase = Tensor::zeros([b, slots], opts).scatter_value(1, &least.narrow(1, 0, 1), 1.0);
     let keep: Tensor = 1.0 - &erase;
-    let mem = &s.mem * keep.unsqueeze(2) + write.transpose(1, 2).matmul(keys);
+    let mem = &s.mem * keep.unsqueeze(2) + write.transpose(1, 2).matmul(adds.unwrap_or(keys));
     let unit = |t: &Tensor| {
         let n = t
             .norm_scalaropt_dim(2.0, [-1].as_slice(), true)
@@ -307,6 +323,11 @@ impl Mann {
         // controller, keys, gates and output as one without.
         if config.key_strength {
             linear("strength", h, config.read_heads as i64);
+        }
+        // Likewise last: a run with an add vector starts from the same network as one
+        // without.
+        if config.add_vector {
+            linear("add", h, config.read_width());
         }
         let params = p.requires_grad();
         let adam = Adam::new(config.optimizer.clone(), &params);
@@ -387,7 +408,18 @@ impl Mann {
                     .config
                     .key_strength
                     .then(|| self.linear("strength", &h).softplus().unsqueeze(2) + 1.0);
-                let next = lrua_step(m, &keys, &gates, strength.as_ref(), self.config.gamma);
+                let adds = self
+                    .config
+                    .add_vector
+                    .then(|| self.linear("add", &h).tanh().reshape([b, heads, -1]));
+                let next = lrua_step(
+                    m,
+                    &keys,
+                    adds.as_ref(),
+                    &gates,
+                    strength.as_ref(),
+                    self.config.gamma,
+                );
                 let logits = self.linear("out", &Tensor::cat(&[&h, &next.read], 1));
                 (logits, Some(next))
             }
@@ -774,6 +806,7 @@ mod tests {
         let next = lrua_step(
             &s,
             &t(&[1., 0.], &[1, 1, 2]),
+            None,
             &t(&[0.25], &[1, 1, 1]),
             None,
             0.5,
@@ -816,6 +849,7 @@ mod tests {
         let next = lrua_step(
             &s,
             &t(&[2., 3.], &[1, 2, 1]),
+            None,
             &Tensor::zeros([1, 2, 1], (Kind::Float, Device::Cpu)),
             None,
             1.0,
@@ -832,8 +866,8 @@ mod tests {
     fn key_strength_sharpens_the_reads_only() {
         let s = hand_example();
         let (key, gate) = (t(&[1., 0.], &[1, 1, 2]), t(&[0.25], &[1, 1, 1]));
-        let plain = lrua_step(&s, &key, &gate, None, 0.5);
-        let sharp = lrua_step(&s, &key, &gate, Some(&t(&[3.0], &[1, 1, 1])), 0.5);
+        let plain = lrua_step(&s, &key, None, &gate, None, 0.5);
+        let sharp = lrua_step(&s, &key, None, &gate, Some(&t(&[3.0], &[1, 1, 1])), 0.5);
         assert_eq!(vec(&plain.mem), vec(&sharp.mem));
         let c2 = 1.025 / (1.025f64 * 1.025 + 1.0).sqrt();
         let z = 2.0 * 3f64.exp() + (3.0 * c2).exp();
@@ -842,6 +876,76 @@ mod tests {
             assert!((a - b).abs() < 1e-6, "reads {:?}", vec(&sharp.read_weights));
         }
         assert!(vec(&sharp.read_weights)[2] < vec(&plain.read_weights)[2]);
+    }
+
+    /// With an add vector a head writes it, not its key, and still reads by its key:
+    /// the hand-computed example with key (1, 0) and add vector (0, 2). Slot 1 is
+    /// erased, the write weights (0.15, 0.825, 0.025) add (0, 0.3), (0, 1.65) and
+    /// (0, 0.05), and the reads are the softmax of the key's cosines to the new rows.
+    #[test]
+    fn an_add_vector_is_written_and_the_key_reads() {
+        let s = hand_example();
+        let (key, gate) = (t(&[1., 0.], &[1, 1, 2]), t(&[0.25], &[1, 1, 1]));
+        let add = t(&[0., 2.], &[1, 1, 2]);
+        let next = lrua_step(&s, &key, Some(&add), &gate, None, 0.5);
+        let want_mem = [1.0, 0.3, 0.0, 1.65, 1.0, 1.05];
+        for (a, b) in vec(&next.mem).iter().zip(want_mem) {
+            assert!((a - b).abs() < 1e-6, "memory {:?}", vec(&next.mem));
+        }
+        let cos = [
+            1.0 / 1.09f64.sqrt(),
+            0.0,
+            1.0 / (1.0 + 1.05f64 * 1.05).sqrt(),
+        ];
+        let z: f64 = cos.iter().map(|c| c.exp()).sum();
+        for (a, c) in vec(&next.read_weights).iter().zip(cos) {
+            let want = c.exp() / z;
+            assert!(
+                (a - want).abs() < 1e-6,
+                "reads {:?}",
+                vec(&next.read_weights)
+            );
+        }
+        // The paper's step is the one whose add vector is its key.
+        let paper = lrua_step(&s, &key, None, &gate, None, 0.5);
+        let same = lrua_step(&s, &key, Some(&key), &gate, None, 0.5);
+        assert_eq!(vec(&paper.mem), vec(&same.mem));
+        assert_eq!(vec(&paper.read), vec(&same.read));
+    }
+
+    /// An add vector is one more layer, drawn after all others (the key strength's
+    /// too): the rest starts as without it; the LSTM baseline refuses one.
+    #[test]
+    fn an_add_vector_is_a_layer_after_the_others() {
+        let config = MannConfig {
+            hidden: 8,
+            memory_slots: 4,
+            memory_width: 3,
+            read_heads: 2,
+            key_strength: true,
+            ..MannConfig::default()
+        };
+        let plain = Mann::new(config.clone(), 7, Device::Cpu).unwrap();
+        let with_add = MannConfig {
+            add_vector: true,
+            ..config.clone()
+        };
+        let added = Mann::new(with_add, 7, Device::Cpu).unwrap();
+        let names: Vec<String> = added.params.iter().map(|(n, _)| n.to_string()).collect();
+        let base: Vec<String> = plain.params.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names[..base.len()], base[..]);
+        assert_eq!(names[base.len()..], ["add.weight", "add.bias"]);
+        assert_eq!(added.params.get("add.weight").size(), [6, 8]);
+        for n in base {
+            assert!(plain.params.get(&n).equal(added.params.get(&n)), "{n}");
+        }
+        let baseline = MannConfig {
+            memory_slots: 0,
+            key_strength: false,
+            add_vector: true,
+            ..config
+        };
+        assert!(baseline.validate().is_err());
     }
 
     /// A network with a key strength has one more layer, drawn after the others: the
