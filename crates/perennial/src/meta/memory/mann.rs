@@ -17,7 +17,11 @@
 //! `M_t`, the read vector `r_t = w^r_t M_t`, and usage decays by `γ`:
 //! `w^u_t = γ w^u_{t-1} + w^r_t + w^w_t`. The output is `W_o [h_t; r_t]`, and `r_t`
 //! joins the next step's controller input. With no memory (`memory_slots = 0`) the same
-//! network is the LSTM baseline of the paper's Table 1.
+//! network is the LSTM baseline of the paper's Table 1. Two options go beyond the
+//! paper: a learned key strength `β_t` multiplying the cosines
+//! ([`MannConfig::key_strength`]), and a separate add vector `a_t = tanh(W_a h_t + b)`
+//! written in place of `k_t` ([`MannConfig::add_vector`]), both from the Neural Turing
+//! Machine.
 //!
 //! Labels are one-hot by default. With `label_chars = n` they are the paper's
 //! *string labels* (its Table 2): each class of a sequence is given a random string of
