@@ -917,6 +917,26 @@ mod tests {
         assert_eq!(vec(&paper.read), vec(&same.read));
     }
 
+    /// The parameters `with` adds, in order, to a network of `config` of the same seed,
+    /// after asserting that they come after all of `config`'s and leave those as they
+    /// were.
+    fn layers_added(config: &MannConfig, with: MannConfig) -> Vec<String> {
+        let plain = Mann::new(config.clone(), 7, Device::Cpu).unwrap();
+        let added = Mann::new(with, 7, Device::Cpu).unwrap();
+        let names = |m: &Mann| {
+            m.params
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        let (base, all) = (names(&plain), names(&added));
+        assert_eq!(all[..base.len()], base[..]);
+        for n in &base {
+            assert!(plain.params.get(n).equal(added.params.get(n)), "{n}");
+        }
+        all[base.len()..].to_vec()
+    }
+
     /// An add vector is one more layer, drawn after all others (the key strength's
     /// too): the rest starts as without it; the LSTM baseline refuses one.
     #[test]
@@ -929,20 +949,16 @@ mod tests {
             key_strength: true,
             ..MannConfig::default()
         };
-        let plain = Mann::new(config.clone(), 7, Device::Cpu).unwrap();
         let with_add = MannConfig {
             add_vector: true,
             ..config.clone()
         };
+        assert_eq!(
+            layers_added(&config, with_add.clone()),
+            ["add.weight", "add.bias"]
+        );
         let added = Mann::new(with_add, 7, Device::Cpu).unwrap();
-        let names: Vec<String> = added.params.iter().map(|(n, _)| n.to_string()).collect();
-        let base: Vec<String> = plain.params.iter().map(|(n, _)| n.to_string()).collect();
-        assert_eq!(names[..base.len()], base[..]);
-        assert_eq!(names[base.len()..], ["add.weight", "add.bias"]);
         assert_eq!(added.params.get("add.weight").size(), [6, 8]);
-        for n in base {
-            assert!(plain.params.get(&n).equal(added.params.get(&n)), "{n}");
-        }
         let baseline = MannConfig {
             memory_slots: 0,
             key_strength: false,
@@ -963,31 +979,14 @@ mod tests {
             read_heads: 2,
             ..MannConfig::default()
         };
-        let plain = Mann::new(config.clone(), 7, Device::Cpu).unwrap();
-        let sharp = Mann::new(
-            MannConfig {
-                key_strength: true,
-                ..config.clone()
-            },
-            7,
-            Device::Cpu,
-        )
-        .unwrap();
-        let names = |m: &Mann| {
-            m.params
-                .iter()
-                .map(|(n, _)| n.to_string())
-                .collect::<Vec<_>>()
+        let sharp = MannConfig {
+            key_strength: true,
+            ..config.clone()
         };
-        let base = names(&plain);
-        let extra: Vec<String> = names(&sharp)
-            .into_iter()
-            .filter(|n| !base.contains(n))
-            .collect();
-        assert_eq!(extra, vec!["strength.weight", "strength.bias"]);
-        for n in base {
-            assert!(plain.params.get(&n).equal(sharp.params.get(&n)), "{n}");
-        }
+        assert_eq!(
+            layers_added(&config, sharp),
+            ["strength.weight", "strength.bias"]
+        );
         let baseline = MannConfig {
             memory_slots: 0,
             key_strength: true,
