@@ -246,8 +246,9 @@ impl std::fmt::Debug for ProcessGroup {
 
 impl ProcessGroup {
     /// Joins the group `env` describes: rank 0 serves the rendezvous store, every rank
-    /// connects to it and waits (up to `timeout`) for the others. The same `timeout`
-    /// bounds every later collective.
+    /// connects to it and waits (up to `timeout`) for the others. Returns only once every
+    /// rank has joined, so a rank may drop the group at once without breaking a peer's
+    /// join. The same `timeout` bounds every later collective.
     pub fn init(env: &Env, timeout: Duration) -> Result<Self> {
         #[cfg(perennial_gloo)]
         {

@@ -70,6 +70,12 @@ PerennialGroup* perennial_dist_gloo_new(const char* master, uint16_t port, int r
       opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     }
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
+    // Gloo's constructor returns once this rank's side of every pair is connected, which
+    // can be before a peer has finished its own handshake: a rank that then dropped the
+    // group at once (a refused setting, a crash) would close sockets under that peer,
+    // which fails with "Connection closed by peer" instead of the peer's own answer. A
+    // barrier returns on a rank only once every rank's constructor has returned.
+    pg->barrier()->wait();
     return new PerennialGroup{store, pg};
   })
 }
