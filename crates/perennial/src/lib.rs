@@ -4,11 +4,13 @@
 //!   parameter set, so optimisation-based meta-learners can run the same network on
 //!   adapted parameters without copying modules; distances.
 //! * [`meta`]: the [`meta::MetaLearner`] / [`meta::Adapted`] vocabulary shared by every
-//!   algorithm, and the algorithms themselves: [`meta::metric::ProtoNet`], the MAML family
-//!   ([`meta::optimization::maml::Maml`]: MAML, first-order MAML, ANIL, Meta-SGD) and
-//!   [`meta::optimization::reptile::Reptile`].
-//! * [`continual`]: lifelong-learning metrics (ACC, BWT, FWT, forgetting) and the
-//!   reservoir buffer of experience replay.
+//!   algorithm, and the three families: metric ([`meta::metric`]: Prototypical,
+//!   Matching and Relation Networks, Siamese/triplet and contrastive embeddings),
+//!   optimisation ([`meta::optimization::maml::Maml`]: MAML, first-order MAML, ANIL,
+//!   Meta-SGD; [`meta::optimization::reptile::Reptile`]) and memory ([`meta::memory`]:
+//!   the memory-augmented network and the learned key-value memory).
+//! * [`lifelong`]: the continual loop over task streams, its learners and strategies,
+//!   consolidation, and the lifelong metrics (ACC, BWT, FWT, forgetting).
 //! * [`optim`]: Adam with a step schedule whose state is checkpointable, and the
 //!   meta-gradient hand-off ([`optim::GradReduce`]) data-parallel training plugs into.
 //! * [`dist`]: data-parallel meta-training over a group of processes (c10d's Gloo,

@@ -1,5 +1,5 @@
 //! `perennial continual`: one learner over one task stream, through the one continual
-//! loop ([`perennial::lifelong::run`]), with the accuracy matrix, its metrics and plots
+//! loop ([`perennial::lifelong::run()`]), with the accuracy matrix, its metrics and plots
 //! written to a run directory. Flags → a stream, a learner (from the registry
 //! [`perennial::lifelong::registry`]) and the run's description → one library call →
 //! one finishing sequence.

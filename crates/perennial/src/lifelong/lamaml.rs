@@ -15,8 +15,7 @@
 //! linear in it.
 //!
 //! [`LookAhead`] is that update on any parameter set and any two loss functions; it
-//! serves [`LaMaml`], the strategy on the MNIST streams, and the class-incremental
-//! [`crate::lifelong::classinc::LaMamlHead`].
+//! serves [`LaMaml`], the strategy of the continual loop.
 
 use std::ops::Range;
 

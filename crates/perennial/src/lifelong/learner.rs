@@ -1124,7 +1124,7 @@ impl Consolidated {
 }
 
 impl ConsolidationJob {
-    /// Meta-trains the copied encoder ([`consolidate`]).
+    /// Meta-trains the copied encoder ([`crate::lifelong::consolidate::consolidate`]).
     pub fn run(mut self) -> Result<Consolidated> {
         let clock = Instant::now();
         let net = self

@@ -14,7 +14,7 @@
 //! * [`consolidate`]: meta-consolidation of the encoder on replayed classes.
 //!
 //! The one continual loop and its strategies:
-//! * [`run`]: the [`TaskStream`] every stream is (the MNIST streams and the Omniglot
+//! * [`mod@run`]: the [`TaskStream`] every stream is (the MNIST streams and the Omniglot
 //!   class stream), the [`Learner`] vocabulary every learner speaks, the loop
 //!   [`run::run`] and its [`RunRecord`].
 //! * [`strategy`]: strategies that train a classifier (naive fine-tuning, joint

@@ -19,7 +19,7 @@
 //! trajectory's class), a trajectory holds the episode's `ways` classes, and the RLN is
 //! the library's Conv4 on 28×28 images (the paper uses six 256-channel convolutions
 //! on 84×84). At meta-test time the RLN is frozen and the PLN is the same online head,
-//! with the same learning rate ([`crate::lifelong::classinc::OnlineHead`]).
+//! with the same learning rate ([`head_step`]).
 
 use tch::{Device, Kind, Tensor};
 

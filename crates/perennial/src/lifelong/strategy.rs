@@ -1,6 +1,6 @@
 //! Strategies that train a classifier: the [`Strategy`] interface, its [`Classifier`],
 //! and [`ModelLearner`], which makes any strategy a [`Learner`] of the one continual
-//! loop ([`super::run`]), on a stream's inputs (an MLP over MNIST pixels) or on the
+//! loop ([`super::run()`]), on a stream's inputs (an MLP over MNIST pixels) or on the
 //! features of a frozen meta-learned encoder (a linear head over the Omniglot class
 //! stream's embeddings).
 //!

@@ -651,7 +651,8 @@ impl MetaLearner for Mann {
         "mann"
     }
 
-    /// Reads the support set as a sequence (in its [`Mann::arrange`]'s order).
+    /// Reads the support set as a sequence, shuffled by a permutation that is a pure
+    /// function of its pixels (so a learner loaded from a checkpoint reads a task alike).
     fn adapt<'a>(&'a self, support: &Batch) -> Box<dyn Adapted + 'a> {
         self.check(support);
         let (order, y, codes, targets) = self.arrange(&support.x, &support.y, support.ways);
