@@ -93,6 +93,17 @@ fn loopback(rank: usize, world_size: usize, port: u16) -> Env {
     }
 }
 
+/// Runs `f(rank)` for every rank of a group of `world` on threads of this test, as
+/// `world` processes would; returns the results in rank order.
+#[cfg(perennial_gloo)]
+fn on_ranks<T: Send>(world: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = (0..world).map(|rank| s.spawn(move || f(rank))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 #[cfg(not(perennial_gloo))]
 #[test]
 fn without_a_backend_joining_says_how_to_get_one() {
@@ -109,35 +120,26 @@ fn three_ranks_on_loopback_sum_broadcast_and_meet() {
     assert!(backend_available());
     let port = free_port();
     let world = 3;
-    let results: Vec<(Vec<f64>, Vec<f64>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..world)
-            .map(|rank| {
-                s.spawn(move || {
-                    let g =
-                        ProcessGroup::init(&loopback(rank, world, port), Duration::from_secs(60))
-                            .unwrap();
-                    assert_eq!((g.rank(), g.world_size()), (rank, world));
-                    // rank r holds [r, 10 r, 100 r + 0.5]
-                    let r = rank as f64;
-                    let mut t = Tensor::from_slice(&[r, 10.0 * r, 100.0 * r + 0.5]);
-                    g.all_reduce_sum(&mut t).unwrap();
-                    let mut b = Tensor::from_slice(&[r, r * r]);
-                    g.broadcast(&mut b, 2).unwrap();
-                    g.barrier().unwrap();
-                    // Wrong inputs are refused before reaching the backend.
-                    let strided = Tensor::from_slice(&[1.0f64, 2.0, 3.0, 4.0])
-                        .view([2, 2])
-                        .tr();
-                    assert!(g.all_reduce_sum(&mut strided.shallow_clone()).is_err());
-                    assert!(g.broadcast(&mut b.shallow_clone(), 3).is_err());
-                    (
-                        Vec::<f64>::try_from(&t).unwrap(),
-                        Vec::<f64>::try_from(&b).unwrap(),
-                    )
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let results: Vec<(Vec<f64>, Vec<f64>)> = on_ranks(world, |rank| {
+        let g = ProcessGroup::init(&loopback(rank, world, port), Duration::from_secs(60)).unwrap();
+        assert_eq!((g.rank(), g.world_size()), (rank, world));
+        // rank r holds [r, 10 r, 100 r + 0.5]
+        let r = rank as f64;
+        let mut t = Tensor::from_slice(&[r, 10.0 * r, 100.0 * r + 0.5]);
+        g.all_reduce_sum(&mut t).unwrap();
+        let mut b = Tensor::from_slice(&[r, r * r]);
+        g.broadcast(&mut b, 2).unwrap();
+        g.barrier().unwrap();
+        // Wrong inputs are refused before reaching the backend.
+        let strided = Tensor::from_slice(&[1.0f64, 2.0, 3.0, 4.0])
+            .view([2, 2])
+            .tr();
+        assert!(g.all_reduce_sum(&mut strided.shallow_clone()).is_err());
+        assert!(g.broadcast(&mut b.shallow_clone(), 3).is_err());
+        (
+            Vec::<f64>::try_from(&t).unwrap(),
+            Vec::<f64>::try_from(&b).unwrap(),
+        )
     });
     for (sum, bcast) in results {
         assert_eq!(sum, vec![3.0, 30.0, 301.5]);
@@ -167,17 +169,10 @@ fn a_rank_that_leaves_at_once_does_not_break_the_others_join() {
     let world = 3;
     for round in 0..30 {
         let port = free_port();
-        let joined: Vec<std::result::Result<(), String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..world)
-                .map(|rank| {
-                    s.spawn(move || {
-                        ProcessGroup::init(&loopback(rank, world, port), Duration::from_secs(60))
-                            .map(drop)
-                            .map_err(|e| e.to_string())
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let joined = on_ranks(world, |rank| {
+            ProcessGroup::init(&loopback(rank, world, port), Duration::from_secs(60))
+                .map(drop)
+                .map_err(|e| e.to_string())
         });
         for (rank, j) in joined.into_iter().enumerate() {
             assert!(j.is_ok(), "round {round}, rank {rank}: {j:?}");
